@@ -1,0 +1,55 @@
+# Why: `stealth-connect HOST PORT`, the ProxyCommand. argparse rather than click here: ssh starts this
+# on every login and click's import alone costs ~25 ms; the admin CLI (`stealth`) uses click.
+import argparse
+import sys
+from pathlib import Path
+
+from stealth.constants import DEFAULT_CONNECT_RETRIES, DEFAULT_CONNECT_TIMEOUT_SECONDS
+from stealth.errors import StealthError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stealth-connect",
+        description="Knock with the kernel's own SYN and connect. "
+        "Use as: ssh -o ProxyCommand='stealth-connect %%h %%p' HOST",
+    )
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--profile", type=Path, help="profile file (default: the one imported for HOST)")
+    parser.add_argument("--state-dir", type=Path, help="client state directory")
+    parser.add_argument("--fdpass", action="store_true", help="pass the socket to ssh (ProxyUseFdpass yes)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_SECONDS,
+                        help="seconds to wait for each knock's answer (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=DEFAULT_CONNECT_RETRIES,
+                        help="knocks with fresh counters after a timeout (default %(default)s)")
+    args = parser.parse_args(argv)
+    from stealth_connect.connect import connect
+    from stealth_connect.profiles import ClientStore
+    from stealth_connect.relay import pass_fd, relay
+
+    try:
+        if not 0 < args.port < 65536 or args.retries < 0 or args.timeout <= 0:
+            raise StealthError("port must be 1..65535, retries >= 0 and timeout > 0")
+        sock, _session_key = connect(
+            args.host, args.port, args.profile, timeout=args.timeout, retries=args.retries,
+            store=ClientStore(args.state_dir),
+        )
+        if args.fdpass:
+            pass_fd(sock)
+        else:
+            relay(sock)
+        sock.close()
+    except StealthError as e:
+        print(f"stealth-connect: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        print(f"stealth-connect: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

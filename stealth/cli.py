@@ -1,0 +1,238 @@
+# Why: the admin command line. Commands parse options, call the library and map every StealthError to
+# one line on stderr and exit status 1; they hold no logic of their own. Names are a public interface.
+import functools
+import ipaddress
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from stealth.constants import (
+    DEFAULT_PORT_HIGH,
+    DEFAULT_PORT_LOW,
+    DEFAULT_QUEUE_NUM,
+    DEFAULT_WINDOW,
+    MAX_WINDOW,
+)
+from stealth.core.token import PortRange, token_bits
+from stealth.errors import ConfigError, StealthError
+from stealth.server_state import ServerConfig, ServerState
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StealthError as e:
+            click.echo(f"stealth: {e}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+state_dir_option = click.option(
+    "--state-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="The server's state directory.",
+)
+
+
+def parse_ports(value: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(sorted({int(p) for p in value.split(",") if p.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of ports") from None
+    if not ports or not all(0 < p < 65536 for p in ports):
+        raise click.BadParameter("ports must be 1..65535")
+    return ports
+
+
+def ports_callback(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    return parse_ports(value)
+
+
+@click.group()
+@click.version_option(package_name="stealth")
+def main() -> None:
+    """stealth: single-SYN port knocking. The kernel's own SYN carries a one-time token."""
+
+
+@main.group()
+def server() -> None:
+    """Run and administer a stealth server."""
+
+
+@server.command()
+@state_dir_option
+@click.option("--server-id", required=True, help="This server's identity, bound into every token.")
+@click.option("--ports", default="22", callback=ports_callback, show_default=True,
+              help="Protected TCP ports.")
+@click.option("--window", default=DEFAULT_WINDOW, show_default=True, type=click.IntRange(1, MAX_WINDOW),
+              help="Look-ahead window W: future counters accepted per client.")
+@click.option("--queue", default=DEFAULT_QUEUE_NUM, show_default=True, type=click.IntRange(0, 65535),
+              help="NFQUEUE number.")
+@reports_errors
+def init(state_dir: Path, server_id: str, ports: tuple[int, ...], window: int, queue: int) -> None:
+    """Create a server state directory."""
+    ServerState(state_dir).init(ServerConfig(server_id, ports, window, queue))
+    click.echo(f"initialised {state_dir} (server id {server_id!r}, ports {','.join(map(str, ports))})")
+
+
+@server.command("add-client")
+@click.argument("name")
+@click.option("--ports", required=True, callback=ports_callback, help="Ports this client may knock on.")
+@state_dir_option
+@click.option("--profile-out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the client's profile (mode 0600). Hand it over privately.")
+@click.option("--no-port-bits", is_flag=True,
+              help="For clients behind NATs that rewrite source ports: the token uses the ISN only.")
+@click.option("--bind-source", default=None, help="Bind tokens to this client source address.")
+@click.option("--port-range", default=f"{DEFAULT_PORT_LOW}-{DEFAULT_PORT_HIGH}", show_default=True,
+              help="The client OS's ephemeral port range.")
+@click.option("--port-step", default=2, show_default=True, type=click.IntRange(1, 2),
+              help="2 when the client's connect() uses every other port (Linux), else 1.")
+@reports_errors
+def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: Path, no_port_bits: bool,
+               bind_source: str | None, port_range: str, port_step: int) -> None:
+    """Enroll a client: a fresh random key, written to its profile."""
+    from stealth.store import write_toml
+
+    if profile_out.exists():
+        raise ConfigError(profile_out, "already exists; refusing to overwrite a profile")
+    try:
+        low, high = (int(x) for x in port_range.split("-"))
+        prange = PortRange(low, high, port_step)
+        if bind_source:
+            ipaddress.ip_address(bind_source)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    state = ServerState(state_dir)
+    profile = state.add_client(name, ports, not no_port_bits, bind_source, prange)
+    try:
+        write_toml(profile_out, profile.to_doc())
+    except StealthError:
+        state.revoke(name)
+        raise
+    click.echo(
+        f"enrolled {name!r} for ports {','.join(map(str, profile.ports))}; profile written to {profile_out} "
+        f"(token {token_bits(profile.binding):.1f} bits)"
+    )
+
+
+@server.command()
+@click.argument("name")
+@state_dir_option
+@reports_errors
+def revoke(name: str, state_dir: Path) -> None:
+    """Revoke a client. A running server drops its knocks within a second, no restart."""
+    ServerState(state_dir).revoke(name)
+    click.echo(f"revoked {name!r}")
+
+
+@server.command()
+@click.argument("name")
+@click.option("--counter", required=True, type=click.IntRange(0, (1 << 64) - 1),
+              help="The client's last used counter, as its error message reports.")
+@state_dir_option
+@reports_errors
+def resync(name: str, counter: int, state_dir: Path) -> None:
+    """Move a client's window forward after it lost more than W knocks. Never moves it back."""
+    ServerState(state_dir).resync(name, counter)
+    click.echo(f"{name!r}: counters after {counter} are accepted")
+
+
+@server.command()
+@state_dir_option
+@click.option("--queue", default=None, type=click.IntRange(0, 65535),
+              help="NFQUEUE number (default: server.toml).")
+@click.option("--keep-rules-on-exit", is_flag=True,
+              help="Leave the rules in place on exit, so protected ports stay closed while stopped.")
+@click.option("-v", "--verbose", count=True, help="-v: debug logging.")
+@reports_errors
+def run(state_dir: Path, queue: int | None, keep_rules_on_exit: bool, verbose: int) -> None:
+    """Run the server in the foreground. Prints one 'ready' line once its rules are in place."""
+    from stealth.server import Server
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="stealth: %(message)s", stream=sys.stderr
+    )
+    srv = Server(ServerState(state_dir), queue, keep_rules_on_exit)
+
+    def ready(line: str) -> None:
+        click.echo(f"stealth: {line}")
+        sys.stdout.flush()
+
+    srv.run(ready)
+
+
+@server.command()
+@state_dir_option
+@reports_errors
+def status(state_dir: Path) -> None:
+    """Show enrolled clients, their counters and the running server's drop counts by reason."""
+    state = ServerState(state_dir)
+    config = state.load_config()
+    clients = state.load_clients()
+    counters = state.load_counters()
+    click.echo(f"server id: {config.server_id}")
+    click.echo(f"ports: {','.join(map(str, config.ports))}  window: {config.window}  queue: {config.queue}")
+    click.echo(f"clients: {len(clients)}")
+    for name, e in sorted(clients.items()):
+        last = max(counters.get(e.enrollment, 0), e.counter_floor)
+        opts = [] if e.profile.port_bits else ["no-port-bits"]
+        if e.profile.bind_source:
+            opts.append(f"bind-source={e.profile.bind_source}")
+        click.echo(f"  {name}: ports {','.join(map(str, e.profile.ports))} last counter {last}"
+                   + (f" ({', '.join(opts)})" if opts else ""))
+    st = state.read_status()
+    if st is None:
+        click.echo("server: never ran")
+        return
+    click.echo(f"server: {'running' if st.get('running') else 'stopped'} (pid {st.get('pid')})")
+    counts = st.get("counts") or {}
+    for reason, n in sorted(counts.items()):
+        click.echo(f"  {reason}: {n}")
+
+
+@main.command()
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per packet.")
+@reports_errors
+def inspect(capture: Path, state_dir: Path, as_json: bool) -> None:
+    """Verdict and reason for every packet of a capture, through the live gate. Changes no state."""
+    from stealth.inspect import inspect_capture
+
+    for row in inspect_capture(ServerState(state_dir), capture):
+        if as_json:
+            click.echo(json.dumps(row, sort_keys=True))
+        else:
+            extra = f" client={row['client']}" if row.get("client") else ""
+            line = f"{row['index']:5d} {row['verdict']:6s} {row['reason']:15s} {row['flow']}{extra}"
+            click.echo(line)
+
+
+@main.group()
+def client() -> None:
+    """Manage this machine's client profiles."""
+
+
+@client.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", required=True, help="The host name you will pass to ssh / stealth-connect.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Client state directory (default: $STEALTH_CLIENT_DIR or $XDG_CONFIG_HOME/stealth).")
+@reports_errors
+def import_profile(file: Path, host: str, state_dir: Path | None) -> None:
+    """Store a profile for HOST."""
+    from stealth_connect.profiles import ClientStore
+
+    store = ClientStore(state_dir)
+    dest = store.import_profile(file, host)
+    click.echo(f"profile for {host} stored in {dest}")

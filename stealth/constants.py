@@ -1,0 +1,49 @@
+# Why: every protocol and deployment constant lives here once, with its unit in its name, so the core,
+# the adapters, the docs and the tests can never disagree about a number.
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+
+# Keys and derivation labels (BLAKE2b "personalisation", 16 bytes each).
+KEY_BYTES: Final = 32
+TOKEN_PERSON: Final = b"stealth-token-v1"
+SESSION_PERSON: Final = b"stealth-sess-v01"
+TOKEN_DIGEST_BYTES: Final = 32
+SESSION_KEY_BYTES: Final = 32
+
+COUNTER_BITS: Final = 64
+COUNTER_MAX: Final = (1 << COUNTER_BITS) - 1
+ISN_MODULUS: Final = (1 << 32) - 1  # ISN = 1 + (u32 % (2^32 - 1)), so it is never 0
+
+# Linux's default ephemeral range and connect() parity: even ports 32768..60999.
+DEFAULT_PORT_LOW: Final = 32768
+DEFAULT_PORT_HIGH: Final = 60999
+DEFAULT_PORT_STEP: Final = 2
+
+# Look-ahead window: how many future counters per client the server accepts (and precomputes).
+DEFAULT_WINDOW: Final = 16
+MAX_WINDOW: Final = 1024
+
+# How long an accepted SYN's exact retransmissions (same 4-tuple and ISN) still pass.
+# Linux retransmits a SYN for about 127 s with tcp_syn_retries=6.
+RETRANSMIT_GRACE_SECONDS: Final = 135.0
+RETRANSMIT_CACHE_MAX: Final = 65536
+
+# Firewall defaults.
+DEFAULT_QUEUE_NUM: Final = 50
+DEFAULT_MARK: Final = 0x10000000
+MAX_PROTECTED_PORTS: Final = 15  # iptables multiport limit
+NFQUEUE_MAX_LEN: Final = 4096
+NFQUEUE_COPY_BYTES: Final = 128  # IPv4 60 + TCP 60 header bytes fit; a longer SYN carries data
+NFQUEUE_SOCKET_BYTES_PER_PACKET: Final = 832
+
+# Server run loop.
+STATUS_INTERVAL_SECONDS: Final = 1.0
+RELOAD_POLL_SECONDS: Final = 1.0
+
+# Client.
+DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 4.0
+DEFAULT_CONNECT_RETRIES: Final = 2
+
+# Files.
+SECRET_FILE_MODE: Final = 0o600

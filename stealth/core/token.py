@@ -1,0 +1,114 @@
+# Why: the token is the whole protocol. This module derives it (and the session key) from a client key,
+# the server id, the destination port, the counter and optionally the client's source address, and maps
+# it onto the two fields the kernel's own SYN lets a client choose: the ISN and the source port.
+# Specified with known-answer vectors in docs/PROTOCOL.md; BLAKE2b here is hashlib's (the same function
+# PyNaCl's nacl.hash.blake2b computes; tests check both agree) because the client imports this module on
+# every ssh login and hashlib costs no import time.
+import hashlib
+import math
+import struct
+from dataclasses import dataclass, field
+
+from stealth.constants import (
+    COUNTER_MAX,
+    DEFAULT_PORT_HIGH,
+    DEFAULT_PORT_LOW,
+    DEFAULT_PORT_STEP,
+    ISN_MODULUS,
+    PROTOCOL_VERSION,
+    SESSION_KEY_BYTES,
+    SESSION_PERSON,
+    TOKEN_DIGEST_BYTES,
+    TOKEN_PERSON,
+)
+from stealth.core.secret import Secret
+
+MAX_SERVER_ID_BYTES = 255
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """The source ports a client OS's connect() picks from: low, low+step, ..., <= high."""
+
+    low: int = DEFAULT_PORT_LOW
+    high: int = DEFAULT_PORT_HIGH
+    step: int = DEFAULT_PORT_STEP
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.low <= self.high <= 65535) or not (1 <= self.step <= 2):
+            raise ValueError(f"bad source-port range {self.low}-{self.high} step {self.step}")
+
+    @property
+    def count(self) -> int:
+        return (self.high - self.low) // self.step + 1
+
+    @property
+    def bits(self) -> float:
+        return math.log2(self.count)
+
+    def port(self, value: int) -> int:
+        return self.low + self.step * (value % self.count)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a token is bound to, beyond the key and counter."""
+
+    server_id: str
+    port_bits: bool = True
+    ports: PortRange = field(default_factory=PortRange)
+    source: bytes | None = None  # packed IPv4/IPv6 address when source binding is on
+
+    def __post_init__(self) -> None:
+        sid = self.server_id.encode()
+        if not sid or len(sid) > MAX_SERVER_ID_BYTES:
+            raise ValueError("server id must be 1..255 bytes of UTF-8")
+        if self.source is not None and len(self.source) not in (4, 16):
+            raise ValueError("a bound source address is 4 or 16 bytes")
+
+
+@dataclass(frozen=True)
+class Knock:
+    """What one counter value means on the wire, plus the session key both ends derive."""
+
+    counter: int
+    dport: int
+    isn: int
+    sport: int | None  # None: the client leaves the source port to its kernel (NAT mode)
+    session_key: Secret = field(repr=False)
+
+
+def token_input(binding: Binding, dport: int, counter: int) -> bytes:
+    """The MAC input: version | len(sid) | sid | dport | counter | len(src) | src."""
+    if not 0 < dport < 65536:
+        raise ValueError(f"destination port {dport} out of range")
+    if not 0 <= counter <= COUNTER_MAX:
+        raise ValueError("counter out of 64-bit range")
+    sid = binding.server_id.encode()
+    src = binding.source or b""
+    return (
+        struct.pack("!BB", PROTOCOL_VERSION, len(sid))
+        + sid
+        + struct.pack("!HQB", dport, counter, len(src))
+        + src
+    )
+
+
+def mac(key: Secret, person: bytes, data: bytes, size: int) -> bytes:
+    return hashlib.blake2b(data, digest_size=size, key=key.value, person=person).digest()
+
+
+def derive(key: Secret, binding: Binding, dport: int, counter: int) -> Knock:
+    """Token -> (ISN, source port) and the session key, for one counter and destination port."""
+    data = token_input(binding, dport, counter)
+    token = mac(key, TOKEN_PERSON, data, TOKEN_DIGEST_BYTES)
+    session = mac(key, SESSION_PERSON, data, SESSION_KEY_BYTES)
+    word0, word1 = struct.unpack_from("!II", token)
+    isn = 1 + word0 % ISN_MODULUS
+    sport = binding.ports.port(word1) if binding.port_bits else None
+    return Knock(counter=counter, dport=dport, isn=isn, sport=sport, session_key=Secret(session))
+
+
+def token_bits(binding: Binding) -> float:
+    """Bits an off-path guesser must hit for one token: ISN bits plus source-port bits."""
+    return math.log2(ISN_MODULUS) + (binding.ports.bits if binding.port_bits else 0.0)

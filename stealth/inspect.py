@@ -1,0 +1,45 @@
+# Why: `stealth inspect` replays a capture through the very gate the live server uses (same table
+# construction, same receive()), so recorded traffic and live traffic get identical verdicts. Counters
+# advance only in memory: the state directory is read, never written.
+import ipaddress
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stealth.core.gate import Gate, Verdict
+from stealth.pcap import read_ip_packets
+from stealth.server import build_table
+from stealth.server_state import ServerState
+
+
+def describe_flow(packet: bytes) -> str:
+    """Best-effort 'src:sport > dst:dport' for display; never raises."""
+    try:
+        if packet[0] >> 4 == 4:
+            t = (packet[0] & 15) * 4
+            src, dst = packet[12:16], packet[16:20]
+        else:
+            t = 40
+            src, dst = packet[8:24], packet[24:40]
+        sport, dport = struct.unpack_from("!HH", packet, t)
+        return f"[{ipaddress.ip_address(src)}]:{sport} > [{ipaddress.ip_address(dst)}]:{dport}"
+    except (IndexError, ValueError, struct.error):
+        return "?"
+
+
+def inspect_capture(state: ServerState, capture: Path) -> Iterator[dict[str, Any]]:
+    config = state.load_config()
+    gate = Gate(build_table(config, state.load_clients(), state.load_counters()))
+    for index, stamp, packet in read_ip_packets(capture):
+        if packet is None:
+            yield {"index": index, "verdict": "skip", "reason": "not_ip", "flow": "", "client": None}
+            continue
+        decision = gate.receive(packet, stamp)
+        yield {
+            "index": index,
+            "verdict": "accept" if decision.verdict is Verdict.ACCEPT else "drop",
+            "reason": str(decision.reason),
+            "flow": describe_flow(packet),
+            "client": decision.client,
+        }
