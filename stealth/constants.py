@@ -8,6 +8,7 @@ PROTOCOL_VERSION: Final = 1
 KEY_BYTES: Final = 32
 TOKEN_PERSON: Final = b"stealth-token-v1"
 SESSION_PERSON: Final = b"stealth-sess-v01"
+KEY_ID_PERSON: Final = b"stealth-keyid-v1"
 TOKEN_DIGEST_BYTES: Final = 32
 SESSION_KEY_BYTES: Final = 32
 

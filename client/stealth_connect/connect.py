@@ -35,15 +35,19 @@ def connect(
     retries: int = DEFAULT_CONNECT_RETRIES,
     store: ClientStore | None = None,
 ) -> tuple[socket.socket, Secret]:
-    """Knock with the next counter and return the connected socket and the session key."""
+    """Knock with the next counter and return the connected socket and the session key.
+
+    `profile` is a Profile, a profile file, or None for the one imported for `host`. Counters live in
+    the client state directory (`store`), one sequence per key, whichever way the profile is given."""
+    store = store or ClientStore()
     if isinstance(profile, Profile):
-        raise ClientError("pass a profile path (its counter file lives beside it), not a Profile object")
-    path = Path(profile) if profile is not None else (store or ClientStore()).find(host)
-    prof = load_profile(path)
+        prof = profile
+    else:
+        prof = load_profile(Path(profile) if profile is not None else store.find(host))
     if port not in prof.ports:
-        raise ClientError(f"the profile {path} does not cover port {port} (it covers "
+        raise ClientError(f"the profile for {host} ({prof.name}) does not cover port {port} (it covers "
                           f"{','.join(map(str, prof.ports))})")
-    counter_path = ClientStore.counter_path_for(path)
+    counter_path = store.counter_path(prof)
     family, addr = resolve(host, port)
     binding = prof.binding
     busy = 0

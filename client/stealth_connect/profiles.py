@@ -1,17 +1,18 @@
-# Why: the client's state directory: one profile (key, 0600) and one counter file per host, and the
-# lock that makes concurrent stealth-connect runs take distinct counters. The counter is saved durably
-# *before* the SYN that uses it leaves, so a crash can skip counters but never reuse one.
+# Why: the client's state directory: one profile (key, 0600) per host name, and one counter file per
+# key (so every host alias of one profile shares one counter sequence), with the lock that makes
+# concurrent stealth-connect runs take distinct counters. The counter is saved durably *before* the SYN
+# that uses it leaves, so a crash can skip counters but never reuse one.
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from stealth.constants import COUNTER_MAX
+from stealth.core.token import key_id
 from stealth.errors import ClientError, ConfigError
 from stealth.profile import Profile
 from stealth.store import (
     Fields,
-    atomic_write,
     ensure_dir,
     locked,
     read_json,
@@ -55,18 +56,16 @@ class ClientStore:
     def profile_path(self, host: str) -> Path:
         return self.dir / "hosts" / f"{host_filename(host)}.toml"
 
-    @staticmethod
-    def counter_path_for(profile_path: Path) -> Path:
-        return profile_path.with_suffix(".counter.json")
+    def counter_path(self, profile: Profile) -> Path:
+        """One counter per key: a re-issued profile (new key) starts a new sequence by itself."""
+        ensure_dir(self.dir / "counters")
+        return self.dir / "counters" / f"{key_id(profile.key)}.json"
 
     def import_profile(self, source: Path, host: str) -> Path:
         profile = load_profile(source)
         ensure_dir(self.dir / "hosts")
         dest = self.profile_path(host)
         write_toml(dest, profile.to_doc())
-        counter = self.counter_path_for(dest)
-        if counter.exists():  # a re-issued profile starts a new counter sequence
-            atomic_write(counter, b'{"last_ok": 0, "last_used": 0}\n')
         return dest
 
     def find(self, host: str) -> Path:

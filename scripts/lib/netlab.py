@@ -65,7 +65,7 @@ class Host:
         """tcpdump on this host's interface for the duration of the block."""
         path = self.lab.tmp / f"cap-{self.name}-{secrets.token_hex(3)}.pcap"
         proc = self.popen(
-            ["tcpdump", "-U", "-n", "-i", iface or self.iface, "-w", str(path), bpf],
+            ["tcpdump", "-U", "--immediate-mode", "-n", "-i", iface or self.iface, "-w", str(path), bpf],
             stdout=subprocess.DEVNULL,
         )
         assert proc.stderr is not None
@@ -110,7 +110,6 @@ class Lab:
 
     def __enter__(self) -> "Lab":
         self.tmp = Path(run(["mktemp", "-d", f"/tmp/stealth-lab-{self.run_id}-XXXX"]).stdout.strip())
-        os.chmod(self.tmp, 0o755)
         try:
             self._build()
         except BaseException:
@@ -182,3 +181,21 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what
 
 def missing_tools(tools: Sequence[str]) -> list[str]:
     return [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
+
+
+def send_raw(host: Host, packet: bytes) -> None:
+    """Put raw IP bytes on the wire from inside `host` (IPv4 or IPv6), exactly as given."""
+    code = (
+        "import socket,sys\n"
+        "p=sys.stdin.buffer.read()\n"
+        "v6=p[0]>>4==6\n"
+        "s=socket.socket(socket.AF_INET6 if v6 else socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n"
+        "d=socket.inet_ntop(socket.AF_INET6,p[24:40]) if v6 else socket.inet_ntop(socket.AF_INET,p[16:20])\n"
+        "s.sendto(p,(d,0))\n"
+    )
+    import sys
+
+    result = subprocess.run(host.argv([sys.executable, "-c", code]), input=packet, capture_output=True,
+                            check=False)
+    if result.returncode != 0:
+        raise LabError(f"raw send failed: {result.stderr.decode(errors='replace').strip()}")

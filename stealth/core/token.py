@@ -15,6 +15,7 @@ from stealth.constants import (
     DEFAULT_PORT_LOW,
     DEFAULT_PORT_STEP,
     ISN_MODULUS,
+    KEY_ID_PERSON,
     PROTOCOL_VERSION,
     SESSION_KEY_BYTES,
     SESSION_PERSON,
@@ -96,6 +97,11 @@ def token_input(binding: Binding, dport: int, counter: int) -> bytes:
 
 def mac(key: Secret, person: bytes, data: bytes, size: int) -> bytes:
     return hashlib.blake2b(data, digest_size=size, key=key.value, person=person).digest()
+
+
+def key_id(key: Secret) -> str:
+    """A public 16-hex-digit name for a key (a keyed hash of nothing): names its counter file."""
+    return mac(key, KEY_ID_PERSON, b"", 8).hex()
 
 
 def derive(key: Secret, binding: Binding, dport: int, counter: int) -> Knock:

@@ -1,0 +1,169 @@
+# Why: the demo and the end-to-end tests run the same deployment: a stealth server protecting a real
+# sshd in the server namespace, and the real OpenSSH client going through stealth-connect in the client
+# namespace. This module sets that up on top of netlab, once, so both exercise exactly the same thing.
+import contextlib
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netlab import Host, Lab, LabError, run, wait_for
+
+VENV_BIN = Path(sys.executable).parent
+SSHD = "/usr/sbin/sshd"
+
+
+def tool(name: str) -> str:
+    return str(VENV_BIN / name)
+
+
+@dataclass
+class StealthLab:
+    lab: Lab
+    state_dir: Path
+    ssh_dir: Path
+    client_dirs: dict[str, Path] = field(default_factory=dict)
+    server_proc: "subprocess.Popen[str] | None" = None
+    server_log: list[str] = field(default_factory=list)
+
+    @property
+    def srv(self) -> Host:
+        return self.lab["srv"]
+
+    @property
+    def cli(self) -> Host:
+        return self.lab["cli"]
+
+    @property
+    def atk(self) -> Host:
+        return self.lab["atk"]
+
+    # --- server side -------------------------------------------------------------------------------
+    def stealth(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run([tool("stealth"), *args], check=check)
+
+    def enroll(self, name: str, ports: str = "22", extra: Sequence[str] = (),
+               hosts: Sequence[str] | None = None) -> Path:
+        """Enroll `name` and import its profile for the server's addresses into its own client dir."""
+        profile = self.lab.tmp / f"{name}.profile.toml"
+        self.stealth("server", "add-client", name, "--ports", ports, "--state-dir", str(self.state_dir),
+                     "--profile-out", str(profile), *extra)
+        cdir = self.lab.tmp / f"client-{name}"
+        for host in hosts or (self.srv.ip4, self.srv.ip6):
+            self.stealth("client", "import", str(profile), "--host", host, "--state-dir", str(cdir))
+        self.client_dirs[name] = cdir
+        return cdir
+
+    def start_server(self, args: Sequence[str] = ()) -> None:
+        proc = self.srv.popen([tool("stealth"), "server", "run", "--state-dir", str(self.state_dir), *args])
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "ready" not in line:
+            proc.wait(timeout=5)
+            err = proc.stderr.read() if proc.stderr else ""
+            raise LabError(f"stealth server did not start: {line.strip()} {err.strip()}")
+        self.server_proc = proc
+
+    def stop_server(self) -> str:
+        """SIGTERM the server; return its log (stderr)."""
+        proc = self.server_proc
+        if proc is None:
+            return ""
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+        self.server_proc = None
+        self.server_log.append(err)
+        return err
+
+    def status(self) -> dict[str, Any]:
+        import json
+
+        doc: dict[str, Any] = json.loads((self.state_dir / "status.json").read_text())
+        return doc
+
+    def start_sshd(self) -> None:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+        config = self.ssh_dir / "sshd_config"
+        config.write_text("\n".join([
+            "Port 22", "ListenAddress 0.0.0.0", "ListenAddress ::",
+            f"HostKey {self.ssh_dir / 'host_key'}", f"PidFile {self.ssh_dir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.ssh_dir / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "LogLevel VERBOSE",
+            "UseDNS no", "",
+        ]))
+        proc = self.srv.popen([SSHD, "-D", "-e", "-f", str(config)])
+        wait_for(lambda: "LISTEN" in self.srv.run(["ss", "-Hltn", "sport = :22"]).stdout
+                 or proc.poll() is not None, what="sshd to listen")
+        if proc.poll() is not None:
+            raise LabError(f"sshd exited: {proc.stderr.read() if proc.stderr else ''}")
+
+    # --- client side -------------------------------------------------------------------------------
+    def ssh_argv(self, name: str, host: str, command: str = "echo stealth-ok", fdpass: bool = False,
+                 knock: bool = True, connect_timeout: int = 20, extra: Sequence[str] = ()) -> list[str]:
+        argv = [
+            "ssh", "-F", "none", "-i", str(self.ssh_dir / "user_key"), "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", f"ConnectTimeout={connect_timeout}",
+        ]
+        if knock:
+            proxy = [tool("stealth-connect"), "--state-dir", str(self.client_dirs[name])]
+            if fdpass:
+                proxy.append("--fdpass")
+                argv += ["-o", "ProxyUseFdpass=yes"]
+            argv += ["-o", "ProxyCommand=" + shlex.join(proxy) + " %h %p"]
+        return [*argv, *extra, f"root@{host}", command]
+
+    def ssh(self, name: str, host: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.cli.run(self.ssh_argv(name, host, **kw), check=False, timeout=timeout,
+                            stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def stealth_lab(server_id: str = "lab", ports: str = "22", clients: Sequence[str] = ("alice",),
+                start: bool = True, init_args: Sequence[str] = ()) -> Iterator[StealthLab]:
+    with Lab() as lab:
+        ssh_dir = lab.tmp / "ssh"
+        ssh_dir.mkdir(mode=0o700)
+        for key in ("host_key", "user_key"):
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / key)])
+        (ssh_dir / "authorized_keys").write_text((ssh_dir / "user_key.pub").read_text())
+        sl = StealthLab(lab, lab.tmp / "server-state", ssh_dir)
+        sl.stealth("server", "init", "--state-dir", str(sl.state_dir), "--server-id", server_id,
+                   "--ports", ports, *init_args)
+        sl.start_sshd()
+        for name in clients:
+            sl.enroll(name, ports)
+        try:
+            if start:
+                sl.start_server()
+            yield sl
+        finally:
+            sl.stop_server()
+
+
+def replies(packets: Sequence[Any], src: str, sport: int | None = None) -> list[Any]:
+    """TCP packets sent by `src` (from port `sport`), as seen in a capture."""
+    out = []
+    for p in packets:
+        ip = p.getlayer("IP") or p.getlayer("IPv6")
+        tcp = p.getlayer("TCP")
+        if ip is None or tcp is None or ip.src != src:
+            continue
+        if sport is None or tcp.sport == sport:
+            out.append(p)
+    return out
+
+
+def syns(packets: Sequence[Any], dst: str, dport: int) -> list[Any]:
+    out = []
+    for p in packets:
+        ip = p.getlayer("IP") or p.getlayer("IPv6")
+        tcp = p.getlayer("TCP")
+        if ip is not None and tcp is not None and ip.dst == dst and tcp.dport == dport and tcp.flags == "S":
+            out.append(p)
+    return out

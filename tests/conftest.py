@@ -1,0 +1,45 @@
+# Why: shared fixtures. Privileged tests (root, netns, iptables, NFQUEUE, sshd) skip outside CI with the
+# reason printed; in CI (CI=true) a missing privilege or tool fails them, never skips them.
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+VENV_BIN = Path(sys.executable).parent
+PRIVILEGED_TOOLS = ["ip", "iptables", "ip6tables", "tcpdump", "nmap", "hping3", "/usr/sbin/sshd", "ssh", "nc"]
+
+
+@functools.cache
+def privileged_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, iptables, NFQUEUE)"
+    missing = [t for t in PRIVILEGED_TOOLS if shutil.which(t) is None and not Path(t).exists()]
+    if missing:
+        return f"missing tools: {', '.join(missing)} (run scripts/bootstrap)"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return "cannot use network namespaces here"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _privileged_gate(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("privileged") is None:
+        return
+    problem = privileged_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"privileged test cannot run in CI: {problem}")
+    pytest.skip(problem)
+
+
+def stealth_bin(name: str) -> str:
+    """Path of a console script installed in the running virtualenv (stealth, stealth-connect)."""
+    return str(VENV_BIN / name)
