@@ -137,6 +137,7 @@ class Server:
             previous = self._install_signals()
             try:
                 install(rules, families)
+                self.state.write_status({**self.status(families), "running": True})
                 try:
                     ready(
                         f"ready queue={self.queue_num} ports={','.join(map(str, self.config.ports))} "

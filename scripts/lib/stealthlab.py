@@ -29,6 +29,7 @@ class StealthLab:
     client_dirs: dict[str, Path] = field(default_factory=dict)
     server_proc: "subprocess.Popen[str] | None" = None
     server_log: list[str] = field(default_factory=list)
+    server_log_path: Path = Path("/dev/null")
 
     @property
     def srv(self) -> Host:
@@ -59,13 +60,17 @@ class StealthLab:
         return cdir
 
     def start_server(self, args: Sequence[str] = ()) -> None:
-        proc = self.srv.popen([tool("stealth"), "server", "run", "--state-dir", str(self.state_dir), *args])
+        # logs go to a file: a pipe nobody drains would block the server once it fills
+        self.server_log_path = self.lab.tmp / f"server-{len(self.server_log)}.log"
+        with open(self.server_log_path, "w") as log:
+            proc = self.srv.popen(
+                [tool("stealth"), "server", "run", "--state-dir", str(self.state_dir), *args], stderr=log
+            )
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if "ready" not in line:
             proc.wait(timeout=5)
-            err = proc.stderr.read() if proc.stderr else ""
-            raise LabError(f"stealth server did not start: {line.strip()} {err.strip()}")
+            raise LabError(f"stealth server did not start: {line.strip()} {self.server_log_path.read_text()}")
         self.server_proc = proc
 
     def stop_server(self) -> str:
@@ -74,7 +79,8 @@ class StealthLab:
         if proc is None:
             return ""
         proc.terminate()
-        _, err = proc.communicate(timeout=15)
+        proc.communicate(timeout=15)
+        err = self.server_log_path.read_text()
         self.server_proc = None
         self.server_log.append(err)
         return err
@@ -85,22 +91,24 @@ class StealthLab:
         doc: dict[str, Any] = json.loads((self.state_dir / "status.json").read_text())
         return doc
 
-    def start_sshd(self) -> None:
+    def start_sshd(self, extra_ports: Sequence[int] = (2222,)) -> None:
+        """sshd on 22 (protected when the stealth server runs) and on unprotected extra ports."""
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
         config = self.ssh_dir / "sshd_config"
         config.write_text("\n".join([
-            "Port 22", "ListenAddress 0.0.0.0", "ListenAddress ::",
+            "Port 22", *(f"Port {p}" for p in extra_ports), "ListenAddress 0.0.0.0", "ListenAddress ::",
             f"HostKey {self.ssh_dir / 'host_key'}", f"PidFile {self.ssh_dir / 'sshd.pid'}",
             f"AuthorizedKeysFile {self.ssh_dir / 'authorized_keys'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "LogLevel VERBOSE",
             "UseDNS no", "",
         ]))
-        proc = self.srv.popen([SSHD, "-D", "-e", "-f", str(config)])
+        with open(self.ssh_dir / "sshd.log", "w") as log:
+            proc = self.srv.popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log)
         wait_for(lambda: "LISTEN" in self.srv.run(["ss", "-Hltn", "sport = :22"]).stdout
                  or proc.poll() is not None, what="sshd to listen")
         if proc.poll() is not None:
-            raise LabError(f"sshd exited: {proc.stderr.read() if proc.stderr else ''}")
+            raise LabError(f"sshd exited: {(self.ssh_dir / 'sshd.log').read_text()}")
 
     # --- client side -------------------------------------------------------------------------------
     def ssh_argv(self, name: str, host: str, command: str = "echo stealth-ok", fdpass: bool = False,
