@@ -23,7 +23,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def relay(sock: socket.socket, in_fd: int = 0, out_fd: int = 1) -> None:
-    sel = selectors.DefaultSelector()
+    # select(), not epoll: epoll refuses files that cannot be polled, such as stdin from /dev/null
+    sel = selectors.SelectSelector()
     sel.register(in_fd, selectors.EVENT_READ, "in")
     sel.register(sock, selectors.EVENT_READ, "sock")
     open_dirs = 2

@@ -1,0 +1,149 @@
+# Why: the server's promises around its own life: it refuses to start without its rules, installs them
+# idempotently, removes exactly them on SIGTERM, fails closed when killed, never cuts an established
+# session across a restart, logs one line per accept and none per junk packet; and the client's
+# failure messages (privilege, timeout, out of window) are one clear line each.
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def sl() -> Iterator[Any]:
+    from conftest import privileged_problem
+
+    if privileged_problem() is not None:
+        pytest.skip(privileged_problem() or "")
+    from stealthlab import stealth_lab
+
+    with stealth_lab(server_id="life", clients=("alice",), start=False) as lab:
+        yield lab
+
+
+def ruleset(host: Any) -> str:
+    """Every rule and user chain, IPv4 and IPv6 (empty built-in tables don't count)."""
+    out = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        for line in host.run([tool]).stdout.splitlines():
+            if line.startswith("*"):
+                table = line
+            elif line.startswith("-A") or (line.startswith(":") and " - " in line):
+                out.append(f"{tool} {table} {line.split(' [')[0]}")
+    return "\n".join(out)
+
+
+def knock(sl: Any, timeout: str = "1.5", retries: str = "0") -> subprocess.CompletedProcess[str]:
+    from stealthlab import tool
+
+    return sl.cli.run([tool("stealth-connect"), "--state-dir", str(sl.client_dirs["alice"]), "--timeout",
+                       timeout, "--retries", retries, sl.srv.ip4, "22"],
+                      check=False, stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_refuses_to_start_without_rules_and_leaves_nothing(sl: Any) -> None:
+    from stealthlab import tool
+
+    before = ruleset(sl.srv)
+    result = sl.srv.run(  # no iptables to be found on PATH
+        ["env", "PATH=/nonexistent", tool("stealth"), "server", "run", "--state-dir", str(sl.state_dir)],
+        check=False, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "ready" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "iptables" in lines[0], result.stderr
+    assert ruleset(sl.srv) == before
+
+
+def test_rules_installed_once_and_removed_exactly_on_sigterm(sl: Any) -> None:
+    before = ruleset(sl.srv)
+    sl.start_server()
+    installed = ruleset(sl.srv)
+    assert "NFQUEUE" in installed and "--queue-bypass" not in installed
+    sl.stop_server()
+    assert ruleset(sl.srv) == before
+    sl.start_server(["--keep-rules-on-exit"])
+    sl.stop_server()
+    sl.start_server()  # reinstalling over rules left in place must not duplicate anything
+    assert ruleset(sl.srv) == installed
+    sl.stop_server()
+    assert ruleset(sl.srv) == before
+
+
+def test_killed_server_fails_closed_and_restart_keeps_sessions(sl: Any) -> None:
+    from stealthlab import replies
+
+    sl.start_server()
+    session = sl.cli.popen(sl.ssh_argv("alice", sl.srv.ip4, command="sleep 7; echo survived"),
+                           stdin=subprocess.DEVNULL)
+    time.sleep(2.5)
+    assert sl.server_proc is not None
+    os.killpg(sl.server_proc.pid, signal.SIGKILL)  # no cleanup: rules stay, queue has no reader
+    sl.server_proc.wait(timeout=10)
+    sl.server_proc = None
+    with sl.cli.capture("tcp port 22 and tcp[tcpflags] & tcp-syn != 0") as cap:
+        down = knock(sl)
+    assert down.returncode == 1 and "no answer" in down.stderr
+    assert replies(cap.packets(), sl.srv.ip4) == []  # a valid knock while down: dropped, no reply
+    sl.start_server()  # restart while the ssh session is still open
+    out, err = session.communicate(timeout=30)
+    assert session.returncode == 0, err
+    assert out.strip() == "survived"
+    up = knock(sl, timeout="3")
+    assert up.returncode == 0, up.stderr  # and the client was not locked out by the lost knock
+
+
+def test_one_log_line_per_accept_and_none_per_junk_packet(sl: Any) -> None:
+    sl.start_server()
+    assert sl.ssh("alice", sl.srv.ip4).returncode == 0
+    sl.atk.run(["hping3", "-S", "-p", "22", "--rand-source", "-i", "u1000", "-c", "2000", sl.srv.ip4],
+               check=False, timeout=60)
+    sl.atk.run(["hping3", "-F", "-p", "22", "-c", "50", "-i", "u1000", sl.srv.ip4], check=False, timeout=60)
+    time.sleep(1.2)
+    counts = sl.status()["counts"]
+    log = sl.stop_server()
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    assert len([ln for ln in lines if "accept client=alice" in ln]) == 1
+    assert len(lines) == 1, lines  # 2000 junk SYNs: counted, not logged
+    assert counts.get("unknown_token", 0) >= 1500
+    assert counts.get("valid") == 1
+
+
+def test_client_error_timeout_and_out_of_window(sl: Any) -> None:
+    sl.start_server()
+    os.killpg(sl.server_proc.pid, signal.SIGKILL)  # server gone, rules in place: silence
+    sl.server_proc.wait(timeout=10)
+    sl.server_proc = None
+    first = knock(sl, timeout="0.5", retries="1")
+    assert first.returncode == 1
+    assert len(first.stderr.strip().splitlines()) == 1
+    assert "no answer" in first.stderr and "2 knocks" in first.stderr
+    # keep knocking into the void until the client is more than W=16 counters past its last answer
+    for _ in range(8):
+        last = knock(sl, timeout="0.3", retries="1")
+    assert "window" in last.stderr and "stealth server resync alice --counter" in last.stderr
+    counter = int(last.stderr.rsplit("--counter", 1)[1].split()[0])
+    sl.stealth("server", "resync", "alice", "--counter", str(counter), "--state-dir", str(sl.state_dir))
+    sl.start_server()
+    ok = knock(sl, timeout="3")
+    assert ok.returncode == 0, ok.stderr  # the documented way back works
+
+
+def test_client_without_cap_net_admin_says_which_capability(sl: Any) -> None:
+    from stealthlab import tool
+
+    cdir = sl.client_dirs["alice"]
+    subprocess.run(["chown", "-R", "nobody", str(cdir)], check=True)
+    os.chmod(sl.lab.tmp, 0o755)
+    result = sl.cli.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                         "--inh-caps=-all", "--bounding-set=-all", tool("stealth-connect"), "--state-dir",
+                         str(cdir), sl.srv.ip4, "22"], check=False, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CAP_NET_ADMIN" in lines[0] and "setcap" in lines[0], result.stderr
