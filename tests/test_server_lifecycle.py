@@ -41,9 +41,11 @@ def ruleset(host: Any) -> str:
 def knock(sl: Any, timeout: str = "1.5", retries: str = "0") -> subprocess.CompletedProcess[str]:
     from stealthlab import tool
 
-    return sl.cli.run([tool("stealth-connect"), "--state-dir", str(sl.client_dirs["alice"]), "--timeout",
-                       timeout, "--retries", retries, sl.srv.ip4, "22"],
-                      check=False, stdin=subprocess.DEVNULL, timeout=60)
+    argv = [tool("stealth-connect"), "--state-dir", str(sl.client_dirs["alice"]), "--timeout", timeout,
+            "--retries", retries, sl.srv.ip4, "22"]
+    result: subprocess.CompletedProcess[str] = sl.cli.run(argv, check=False, stdin=subprocess.DEVNULL,
+                                                          timeout=60)
+    return result
 
 
 def test_refuses_to_start_without_rules_and_leaves_nothing(sl: Any) -> None:
@@ -140,7 +142,7 @@ def test_client_without_cap_net_admin_says_which_capability(sl: Any) -> None:
 
     cdir = sl.client_dirs["alice"]
     subprocess.run(["chown", "-R", "nobody", str(cdir)], check=True)
-    os.chmod(sl.lab.tmp, 0o755)
+    os.chmod(sl.lab.tmp, 0o755)  # noqa: S103 -- let 'nobody' reach its client dir
     result = sl.cli.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                          "--inh-caps=-all", "--bounding-set=-all", tool("stealth-connect"), "--state-dir",
                          str(cdir), sl.srv.ip4, "22"], check=False, timeout=30, stdin=subprocess.DEVNULL)

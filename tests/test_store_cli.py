@@ -24,7 +24,8 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def connect(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([stealth_bin("stealth-connect"), *args], capture_output=True, text=True,
-                          check=False, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, timeout=60)
+                          check=False, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                          timeout=60)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -38,7 +39,8 @@ def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> N
 @pytest.fixture
 def server(tmp_path: Path) -> Path:
     state = tmp_path / "state"
-    assert cli("server", "init", "--state-dir", str(state), "--server-id", "unit", "--ports", "22,2222").returncode == 0
+    result = cli("server", "init", "--state-dir", str(state), "--server-id", "unit", "--ports", "22,2222")
+    assert result.returncode == 0, result.stderr
     return state
 
 
