@@ -43,7 +43,7 @@ def test_install_plan_snapshot() -> None:
 
 def test_remove_plan_deletes_jumps_before_chains() -> None:
     steps = plan_remove(CFG, 4)
-    ops = [s.argv[5] for s in steps]
+    ops = [s.argv[4] for s in steps]
     assert ops == ["-D", "-D", "-F", "-X", "-F", "-X"]
     assert all(s.tolerate for s in steps) and steps[0].repeat and steps[1].repeat
 
