@@ -101,20 +101,26 @@ def parse_syn(packet: bytes) -> Syn | Reason:
     if version == 4:
         vihl, total, frag, proto = _ipv4_head.unpack_from(packet)
         t = (vihl & 0x0F) * 4
-        if t < 20 or total < t + 20 or n < t + 20:
+        if t < 20 or total < t or n < t:
             return Reason.MALFORMED
+        # A fragment is a fragment however short: its payload is not a TCP header, so the TCP length
+        # checks below do not apply to it (tiny fragments are the classic filter-evasion trick).
         if frag & 0x3FFF:
             return Reason.FRAGMENT
         if proto != IPPROTO_TCP:
             return Reason.NOT_TCP
+        if total < t + 20 or n < t + 20:
+            return Reason.MALFORMED
         src, dst = packet[12:16], packet[16:20]
         family = 4
     elif version == 6:
-        if n < 60:
+        if n < 40:
             return Reason.MALFORMED
         _, payload, nexthdr = _ipv6_head.unpack_from(packet)
-        if nexthdr != IPPROTO_TCP:
+        if nexthdr != IPPROTO_TCP:  # checked before the TCP length, as for IPv4 fragments
             return Reason.IPV6_EXTENSION if nexthdr in (0, 43, 44, 50, 51, 60, 135) else Reason.NOT_TCP
+        if n < 60:
+            return Reason.MALFORMED
         t = 40
         total = 40 + payload
         if total < 60:
