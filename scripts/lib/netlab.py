@@ -129,6 +129,11 @@ class Lab:
         run([*sw, "ip", "link", "add", "br0", "type", "bridge"])
         run([*sw, "ip", "link", "set", "br0", "up"])
         run([*sw, "ip", "link", "set", "lo", "up"])
+        # with br_netfilter loaded, bridged frames would pass the switch's netfilter, which drops or trims
+        # malformed ones; the switch must be a plain wire
+        for fam in ("iptables", "ip6tables", "arptables"):
+            knob = f"/proc/sys/net/bridge/bridge-nf-call-{fam}"
+            run([*sw, "sh", "-c", f"[ ! -e {knob} ] || echo 0 > {knob}"])
         for index, role in enumerate(self.roles, start=1):
             host = Host(self, role, f"st{self.run_id}-{role}", index)
             self.hosts[role] = host
