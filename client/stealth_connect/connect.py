@@ -95,7 +95,11 @@ def _silence_error(
             f"server's window of {prof.window}. "
             f"Ask the server's admin to run: stealth server resync {prof.name} --counter {state.last_used}"
         )
+    nat = (
+        "; if this client is behind a NAT that rewrites source ports, ask for a profile made with "
+        "--no-port-bits" if prof.port_bits else ""
+    )
     return ClientError(
         f"no answer from {host}:{port} after {tries} (timeout): the host is down or unreachable, "
-        "the stealth server is not running, or this profile was revoked"
+        f"the stealth server is not running, or this profile was revoked{nat}"
     )
