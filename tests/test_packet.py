@@ -134,6 +134,17 @@ def test_df_and_reserved_bits_are_not_fragments() -> None:
         assert isinstance(parse_syn(raw), Syn), ip_flags
 
 
+def test_tiny_fragments_are_fragments_not_malformed() -> None:
+    head = bytes(IP(src=SRC4, dst=DST4, proto=6, flags="MF"))
+    assert len(head) == 20
+    assert parse_syn(head) is Reason.FRAGMENT
+    assert parse_syn(bytes(IP(src=SRC4, dst=DST4, proto=6, frag=1) / (b"\0" * 8))) is Reason.FRAGMENT
+    bare6 = bytes(IPv6(src=SRC6, dst=DST6, nh=44, plen=0))
+    assert len(bare6) == 40
+    assert parse_syn(bare6) is Reason.IPV6_EXTENSION
+    assert parse_syn(bytes(IPv6(src=SRC6, dst=DST6, nh=6, plen=0))) is Reason.MALFORMED
+
+
 @pytest.mark.parametrize(
     "ext", [IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrFragment, IPv6ExtHdrDestOpt]
 )
