@@ -15,12 +15,13 @@ from stealth.constants import (
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
     DEFAULT_QUEUE_NUM,
+    DEFAULT_SYN_RATE_PER_SECOND,
     DEFAULT_WINDOW,
     MAX_WINDOW,
 )
 from stealth.core.token import PortRange, token_bits
 from stealth.errors import ConfigError, StealthError
-from stealth.server_state import ServerConfig, ServerState
+from stealth.server_state import UNAUTH_CHOICES, ServerConfig, ServerState
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,10 +78,20 @@ def server() -> None:
               help="Look-ahead window W: future counters accepted per client.")
 @click.option("--queue", default=DEFAULT_QUEUE_NUM, show_default=True, type=click.IntRange(0, 65535),
               help="NFQUEUE number.")
+@click.option("--unauth", type=click.Choice(UNAUTH_CHOICES), default="auto", show_default=True,
+              help="Answer to unauthenticated packets: like this host's unused ports (auto), or force "
+              "silence (drop) or the kernel's RST (reset).")
+@click.option("--syn-rate", default=DEFAULT_SYN_RATE_PER_SECOND, show_default=True,
+              type=click.IntRange(1, 10_000_000),
+              help="SYNs per second per source /24 (/64) queued for checking, for sources that never "
+              "knocked successfully; the rest are treated as unauthenticated in the kernel.")
 @reports_errors
-def init(state_dir: Path, server_id: str, ports: tuple[int, ...], window: int, queue: int) -> None:
+def init(state_dir: Path, server_id: str, ports: tuple[int, ...], window: int, queue: int, unauth: str,
+         syn_rate: int) -> None:
     """Create a server state directory."""
-    ServerState(state_dir).init(ServerConfig(server_id, ports, window, queue))
+    config = ServerConfig(server_id, ports, window, queue, unauth=unauth, syn_rate_per_second=syn_rate,
+                          syn_burst=2 * syn_rate)
+    ServerState(state_dir).init(config)
     click.echo(f"initialised {state_dir} (server id {server_id!r}, ports {','.join(map(str, ports))})")
 
 
@@ -181,7 +192,8 @@ def status(state_dir: Path) -> None:
     clients = state.load_clients()
     counters = state.load_counters()
     click.echo(f"server id: {config.server_id}")
-    click.echo(f"ports: {','.join(map(str, config.ports))}  window: {config.window}  queue: {config.queue}")
+    click.echo(f"ports: {','.join(map(str, config.ports))}  window: {config.window}  queue: {config.queue}  "
+               f"unauth: {config.unauth}  syn rate: {config.syn_rate_per_second}/s per prefix")
     click.echo(f"clients: {len(clients)}")
     for name, e in sorted(clients.items()):
         last = max(counters.get(e.enrollment, 0), e.counter_floor)

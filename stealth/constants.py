@@ -38,6 +38,12 @@ NFQUEUE_MAX_LEN: Final = 4096
 NFQUEUE_COPY_BYTES: Final = 128  # IPv4 60 + TCP 60 header bytes fit; a longer SYN carries data
 NFQUEUE_SOCKET_BYTES_PER_PACKET: Final = 832
 
+# Kernel rate limit of SYNs per source prefix (/24, /64) that reach the queue, for sources that have not
+# knocked successfully before (those are exempt for GOOD_SOURCE_SECONDS).
+DEFAULT_SYN_RATE_PER_SECOND: Final = 100
+DEFAULT_SYN_BURST: Final = 200
+GOOD_SOURCE_SECONDS: Final = 86400
+
 # Server run loop.
 STATUS_INTERVAL_SECONDS: Final = 1.0
 RELOAD_POLL_SECONDS: Final = 1.0

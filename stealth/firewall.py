@@ -5,18 +5,30 @@
 #
 # Layout, per family (iptables and ip6tables):
 #   mangle INPUT  -p tcp -> STEALTH-q: other ports RETURN; loopback RETURN; ct-marked -> ACCEPT;
-#                                      bare SYN -> NFQUEUE (no --queue-bypass: fail closed)
+#                   bare SYN from a source that knocked successfully before -> NFQUEUE;
+#                   bare SYN over the per-prefix rate (hashlimit) -> RETURN (not queued: unauthenticated);
+#                   bare SYN -> NFQUEUE (no --queue-bypass: fail closed)
 #   filter INPUT  -p tcp -> STEALTH-q: other ports RETURN; loopback RETURN; packet-marked (the SYN the
-#                                      daemon accepted) -> CONNMARK save; ct-marked -> ACCEPT; else DROP
+#                   daemon accepted) -> CONNMARK save; ct-marked -> ACCEPT; then what the host does for
+#                   an unused port: DROP ("drop" mode), or REJECT tcp-reset for anything but a RST
+#                   ("reset" mode), made by the kernel, so the reply is the kernel's own closed-port RST.
 # NFQUEUE's accept ends only the mangle table, so the CONNMARK save must sit in the later filter table.
+# The daemon rejects a SYN by dropping it (drop mode) or by accepting it *unmarked* (reset mode), which
+# sends it on to the filter chain's REJECT; an accepted knock is the only packet that carries the mark.
+# The rate limit's exemption list (xt_recent) holds sources that knocked successfully, so junk spoofed
+# from a real client's address cannot exhaust that client's prefix; the daemon adds to it on accept.
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from stealth.constants import GOOD_SOURCE_SECONDS
 from stealth.errors import FirewallError
 
 FAMILIES = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-restore")}
+
+
+UNAUTH_MODES = ("drop", "reset")
 
 
 @dataclass(frozen=True)
@@ -24,10 +36,25 @@ class RuleConfig:
     queue: int
     ports: tuple[int, ...]
     mark: int
+    mode: str = "drop"  # what unauthenticated packets get: "drop" or "reset"
+    syn_rate_per_second: int = 100  # per source prefix, for sources that never knocked successfully
+    syn_burst: int = 200
+    prefix_v4: int = 24
+    prefix_v6: int = 64
+    good_seconds: int = GOOD_SOURCE_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.mode not in UNAUTH_MODES:
+            raise ValueError(f"mode must be one of {UNAUTH_MODES}")
 
     @property
     def chain(self) -> str:
         return f"STEALTH-{self.queue}"
+
+    @property
+    def good_list(self) -> str:
+        """xt_recent list of sources that knocked successfully (/proc/net/xt_recent/<name>)."""
+        return f"stealth-good-{self.queue}"
 
 
 @dataclass(frozen=True)
@@ -42,32 +69,42 @@ class Step:
     tolerate: bool = False
 
 
-def _chain_rules(cfg: RuleConfig, table: str) -> list[str]:
+def _chain_rules(cfg: RuleConfig, table: str, family: int) -> list[str]:
     ports = ",".join(str(p) for p in cfg.ports)
     mark = f"0x{cfg.mark:x}/0x{cfg.mark:x}"
+    ch = cfg.chain
     head = [
-        f"-A {cfg.chain} -p tcp -m multiport ! --dports {ports} -j RETURN",
-        f"-A {cfg.chain} -i lo -j RETURN",
+        f"-A {ch} -p tcp -m multiport ! --dports {ports} -j RETURN",
+        f"-A {ch} -i lo -j RETURN",
     ]
     if table == "mangle":
+        queue = f"-j NFQUEUE --queue-num {cfg.queue}"
+        prefix = cfg.prefix_v4 if family == 4 else cfg.prefix_v6
         body = [
-            f"-A {cfg.chain} -m connmark --mark {mark} -j ACCEPT",
-            f"-A {cfg.chain} -p tcp --syn -j NFQUEUE --queue-num {cfg.queue}",
+            f"-A {ch} -m connmark --mark {mark} -j ACCEPT",
+            f"-A {ch} -p tcp --syn -m recent --name {cfg.good_list} --rcheck --seconds {cfg.good_seconds} "
+            f"{queue}",
+            f"-A {ch} -p tcp --syn -m hashlimit --hashlimit-above {cfg.syn_rate_per_second}/sec "
+            f"--hashlimit-burst {cfg.syn_burst} --hashlimit-mode srcip --hashlimit-srcmask {prefix} "
+            f"--hashlimit-name stealth{family}-{cfg.queue} -j RETURN",
+            f"-A {ch} -p tcp --syn {queue}",
         ]
     else:
         body = [
-            f"-A {cfg.chain} -m mark --mark {mark} -j CONNMARK --save-mark "
-            f"--nfmask 0x{cfg.mark:x} --ctmask 0x{cfg.mark:x}",
-            f"-A {cfg.chain} -m connmark --mark {mark} -j ACCEPT",
-            f"-A {cfg.chain} -j DROP",
+            f"-A {ch} -m mark --mark {mark} -j CONNMARK --save-mark --nfmask 0x{cfg.mark:x} "
+            f"--ctmask 0x{cfg.mark:x}",
+            f"-A {ch} -m connmark --mark {mark} -j ACCEPT",
         ]
+        if cfg.mode == "reset":
+            body.append(f"-A {ch} -p tcp ! --tcp-flags RST RST -j REJECT --reject-with tcp-reset")
+        body.append(f"-A {ch} -j DROP")
     return head + body
 
 
-def restore_input(cfg: RuleConfig) -> str:
+def restore_input(cfg: RuleConfig, family: int = 4) -> str:
     lines = []
     for table in ("mangle", "filter"):
-        lines += [f"*{table}", f":{cfg.chain} - [0:0]", *_chain_rules(cfg, table), "COMMIT"]
+        lines += [f"*{table}", f":{cfg.chain} - [0:0]", *_chain_rules(cfg, table, family), "COMMIT"]
     return "\n".join(lines) + "\n"
 
 
@@ -78,7 +115,7 @@ def _jump(tool: str, table: str, op: str, cfg: RuleConfig) -> tuple[str, ...]:
 
 def plan_install(cfg: RuleConfig, family: int) -> list[Step]:
     tool, restore = FAMILIES[family]
-    steps = [Step((restore, "-w", "--noflush"), stdin=restore_input(cfg))]
+    steps = [Step((restore, "-w", "--noflush"), stdin=restore_input(cfg, family))]
     for table in ("mangle", "filter"):
         steps.append(Step(_jump(tool, table, "-I", cfg), unless=_jump(tool, table, "-C", cfg)))
     return steps
@@ -126,16 +163,47 @@ def apply(steps: list[Step]) -> None:
                 break
 
 
-def install(cfg: RuleConfig, families: list[int]) -> None:
+def install(cfgs: dict[int, RuleConfig]) -> None:
     """Install for every family, or (on any failure) remove what was installed and raise."""
     try:
-        for family in families:
+        for family, cfg in cfgs.items():
             apply(plan_install(cfg, family))
     except FirewallError:
-        remove(cfg, families)
+        remove(cfgs)
         raise
 
 
-def remove(cfg: RuleConfig, families: list[int]) -> None:
-    for family in families:
+def remove(cfgs: dict[int, RuleConfig]) -> None:
+    for family, cfg in cfgs.items():
         apply(plan_remove(cfg, family))
+
+
+def host_unused_port_mode(family: int, chain: str) -> str:
+    """What this host does with a TCP packet to an unused port, read from its filter INPUT chain
+    (ignoring our own jump): "drop" when the policy is DROP or an unconditional DROP ends the chain,
+    otherwise "reset" (the kernel answers a closed port with RST, or a catch-all REJECT tcp-reset)."""
+    tool = FAMILIES[family][0]
+    result = _run((tool, "-w", "-S", "INPUT"))
+    if result.returncode != 0:
+        raise FirewallError(f"{tool} -S INPUT failed: {result.stderr.strip()}")
+    return unused_port_mode_from_rules(result.stdout.splitlines(), chain)
+
+
+def unused_port_mode_from_rules(lines: list[str], chain: str) -> str:
+    """Pure part of host_unused_port_mode, for tests."""
+    rules = [ln for ln in lines if ln.startswith("-A INPUT") and f"-j {chain}" not in ln]
+    catch_all = [r for r in rules if r.split(" -j ")[0].strip() in ("-A INPUT", "-A INPUT -p tcp")]
+    for rule in catch_all:
+        target = rule.split(" -j ", 1)[1]
+        if target.startswith("DROP"):
+            return "drop"
+        if target.startswith("REJECT"):
+            if "tcp-reset" in target:
+                return "reset"
+            raise FirewallError(
+                f"this host answers unused ports with '{target}', which stealth cannot mimic; "
+                "set unauth = \"drop\" or \"reset\" in server.toml"
+            )
+    if "-P INPUT DROP" in lines:
+        return "drop"
+    return "reset"

@@ -10,7 +10,7 @@ from typing import Any
 from stealth.constants import NFQUEUE_COPY_BYTES, NFQUEUE_MAX_LEN, NFQUEUE_SOCKET_BYTES_PER_PACKET
 from stealth.errors import StealthError
 
-Handler = Callable[[bytes], int | None]  # payload -> mark to accept with, or None to drop
+Handler = Callable[[bytes], int | None]  # payload -> mark to accept with (0: accept unmarked), None: drop
 
 
 class Queue:
@@ -46,7 +46,8 @@ class Queue:
             if mark is None:
                 pkt.drop()
             else:
-                pkt.set_mark(mark)
+                if mark:
+                    pkt.set_mark(mark)
                 pkt.accept()
         except BaseException as e:  # noqa: BLE001
             self._on_error(e)

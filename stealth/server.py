@@ -16,12 +16,13 @@ from stealth.core.gate import Gate, LogAccept, PersistCounter, Verdict
 from stealth.core.packet import Reason
 from stealth.core.table import TokenTable
 from stealth.errors import StealthError
-from stealth.firewall import RuleConfig, available_families, install, remove
+from stealth.firewall import RuleConfig, available_families, host_unused_port_mode, install, remove
 from stealth.nfqueue import Queue
 from stealth.server_state import Enrolled, ServerConfig, ServerState
 from stealth.store import locked
 
 log = logging.getLogger("stealth.server")
+NO_MARK = 0  # accept without setting a mark: the filter chain treats the packet as unauthenticated
 
 
 def format_addr(raw: bytes) -> str:
@@ -54,13 +55,20 @@ class Server:
         self.reload_requested = False
         self.reload_error: str | None = None
         self._clients_stamp: tuple[int, int, int] | None = None
+        self.reset_families: set[int] = set()
+        self.good_list: str | None = None
 
     # --- packet path -------------------------------------------------------------------------------
+    def reject(self, payload: bytes) -> int | None:
+        """Verdict for an unauthenticated packet: drop it, or (reset mode) pass it on unmarked to the
+        filter chain, whose REJECT makes the kernel's own closed-port RST."""
+        return NO_MARK if payload and (payload[0] >> 4) in self.reset_families else None
+
     def handle(self, payload: bytes) -> int | None:
         decision = self.gate.receive(payload, time.monotonic())
         if decision.verdict is Verdict.DROP:
             self.counts[decision.reason] += 1
-            return None
+            return self.reject(payload)
         for command in decision.commands:
             if isinstance(command, PersistCounter):
                 try:
@@ -69,6 +77,7 @@ class Server:
                     log.error("cannot persist counter, dropping the knock: %s", e)
                     self.counts[Reason.PERSIST_FAILED] += 1
                     return None
+                self._remember_source(command)
             elif isinstance(command, LogAccept):
                 log.info(
                     "accept client=%s port=%d src=[%s]:%d counter=%d%s", command.client, command.dport,
@@ -77,6 +86,16 @@ class Server:
                 )
         self.counts[decision.reason] += 1
         return self.config.mark
+
+    def _remember_source(self, command: PersistCounter) -> None:
+        """Exempt a source that knocked successfully from the per-prefix SYN rate limit."""
+        if self.good_list is None or command.src is None:
+            return
+        try:
+            with open(self.good_list, "w") as f:
+                f.write(f"+{format_addr(command.src)}\n")
+        except OSError as e:
+            log.debug("cannot add to %s: %s", self.good_list, e)
 
     def _persist(self, command: PersistCounter) -> None:
         enrolled = self.clients[command.client]
@@ -128,25 +147,37 @@ class Server:
         }
 
     # --- main loop ---------------------------------------------------------------------------------
+    def rule_config(self, family: int) -> RuleConfig:
+        c = self.config
+        chain = RuleConfig(self.queue_num, c.ports, c.mark).chain
+        mode = host_unused_port_mode(family, chain) if c.unauth == "auto" else c.unauth
+        return RuleConfig(
+            self.queue_num, c.ports, c.mark, mode, c.syn_rate_per_second, c.syn_burst, c.prefix_v4,
+            c.prefix_v6,
+        )
+
     def run(self, ready: Callable[[str], None]) -> None:
         with locked(self.state.run_lock, blocking=False):
             self.load()
-            rules = RuleConfig(self.queue_num, self.config.ports, self.config.mark)
             families = available_families()
+            rules = {f: self.rule_config(f) for f in families}
+            self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
+            self.good_list = f"/proc/net/xt_recent/{rules[4].good_list}"
             queue = Queue(self.queue_num, self.handle, self.on_error)
             previous = self._install_signals()
             try:
-                install(rules, families)
+                install(rules)
                 self.state.write_status({**self.status(families), "running": True})
                 try:
+                    modes = ",".join(f"{'ipv4' if f == 4 else 'ipv6'}:{r.mode}" for f, r in rules.items())
                     ready(
                         f"ready queue={self.queue_num} ports={','.join(map(str, self.config.ports))} "
-                        f"clients={len(self.clients)} ipv={','.join(map(str, families))}"
+                        f"clients={len(self.clients)} unauth={modes}"
                     )
                     self._loop(queue, families)
                 finally:
                     if not self.keep_rules:
-                        remove(rules, families)
+                        remove(rules)
             finally:
                 queue.close()
                 for sig, handler in previous.items():

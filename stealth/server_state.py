@@ -14,6 +14,8 @@ from stealth.constants import (
     COUNTER_MAX,
     DEFAULT_MARK,
     DEFAULT_QUEUE_NUM,
+    DEFAULT_SYN_BURST,
+    DEFAULT_SYN_RATE_PER_SECOND,
     DEFAULT_WINDOW,
     KEY_BYTES,
     MAX_PROTECTED_PORTS,
@@ -28,6 +30,9 @@ from stealth.store import Fields, ensure_dir, locked, read_json, read_toml, writ
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 
+UNAUTH_CHOICES = ("auto", "drop", "reset")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     server_id: str
@@ -35,6 +40,11 @@ class ServerConfig:
     window: int = DEFAULT_WINDOW
     queue: int = DEFAULT_QUEUE_NUM
     mark: int = DEFAULT_MARK
+    unauth: str = "auto"  # answer to unauthenticated packets: like the host's unused ports, or forced
+    syn_rate_per_second: int = DEFAULT_SYN_RATE_PER_SECOND  # per source prefix, before the queue
+    syn_burst: int = DEFAULT_SYN_BURST
+    prefix_v4: int = 24
+    prefix_v6: int = 64
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,9 @@ class ServerState:
         with locked(self.admin_lock):
             write_toml(self.config_path, {
                 "server_id": config.server_id, "ports": list(config.ports), "window": config.window,
-                "queue": config.queue, "mark": config.mark,
+                "queue": config.queue, "mark": config.mark, "unauth": config.unauth,
+                "syn_rate_per_second": config.syn_rate_per_second, "syn_burst": config.syn_burst,
+                "prefix_v4": config.prefix_v4, "prefix_v6": config.prefix_v6,
             })
             if not self.clients_path.exists():
                 write_toml(self.clients_path, {"clients": {}})
@@ -89,6 +101,11 @@ class ServerState:
             window=f.integer("window", 1, MAX_WINDOW, DEFAULT_WINDOW),
             queue=f.integer("queue", 0, 65535, DEFAULT_QUEUE_NUM),
             mark=f.integer("mark", 1, 0xFFFFFFFF, DEFAULT_MARK),
+            unauth=f.text("unauth", "auto"),
+            syn_rate_per_second=f.integer("syn_rate_per_second", 1, 10_000_000, DEFAULT_SYN_RATE_PER_SECOND),
+            syn_burst=f.integer("syn_burst", 1, 10_000_000, DEFAULT_SYN_BURST),
+            prefix_v4=f.integer("prefix_v4", 8, 32, 24),
+            prefix_v6=f.integer("prefix_v6", 16, 128, 64),
         )
         check_config(self.config_path, config)
         return config
@@ -196,3 +213,5 @@ def check_config(path: Path, config: ServerConfig) -> None:
         raise ConfigError(path, f"ports: at most {MAX_PROTECTED_PORTS} protected ports")
     if not 1 <= config.window <= MAX_WINDOW:
         raise ConfigError(path, f"window: must be 1..{MAX_WINDOW}")
+    if config.unauth not in UNAUTH_CHOICES:
+        raise ConfigError(path, f"unauth: must be one of {', '.join(UNAUTH_CHOICES)}")

@@ -22,7 +22,7 @@ def sl() -> Iterator[Any]:
         pytest.skip(privileged_problem() or "")  # the autouse gate reports it (fails in CI)
     from stealthlab import stealth_lab
 
-    with stealth_lab(server_id="e2e", clients=("alice",)) as lab:
+    with stealth_lab(server_id="e2e", clients=("alice",), init_args=("--unauth", "drop")) as lab:
         yield lab
 
 

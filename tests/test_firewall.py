@@ -1,7 +1,17 @@
 # Why: the firewall plan is the security boundary; this snapshot pins every rule, so a change to it is a
 # visible, reviewed change. It also pins the properties that must never regress: no --queue-bypass,
 # only bare SYNs are queued, and everything else to a protected port ends in DROP.
-from stealth.firewall import RuleConfig, Step, plan_install, plan_remove, restore_input
+import pytest
+
+from stealth.errors import FirewallError
+from stealth.firewall import (
+    RuleConfig,
+    Step,
+    plan_install,
+    plan_remove,
+    restore_input,
+    unused_port_mode_from_rules,
+)
 
 CFG = RuleConfig(queue=50, ports=(22, 2222), mark=0x10000000)
 
@@ -11,6 +21,8 @@ EXPECTED_RESTORE = """\
 -A STEALTH-50 -p tcp -m multiport ! --dports 22,2222 -j RETURN
 -A STEALTH-50 -i lo -j RETURN
 -A STEALTH-50 -m connmark --mark 0x10000000/0x10000000 -j ACCEPT
+-A STEALTH-50 -p tcp --syn -m recent --name stealth-good-50 --rcheck --seconds 86400 -j NFQUEUE --queue-num 50
+-A STEALTH-50 -p tcp --syn -m hashlimit --hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-srcmask 24 --hashlimit-name stealth4-50 -j RETURN
 -A STEALTH-50 -p tcp --syn -j NFQUEUE --queue-num 50
 COMMIT
 *filter
@@ -37,7 +49,8 @@ def test_install_plan_snapshot() -> None:
              unless=("iptables", "-w", "-t", "filter", "-C", "INPUT", "-p", "tcp", "-j", "STEALTH-50")),
     ]
     v6 = plan_install(CFG, 6)
-    assert v6[0].argv[0] == "ip6tables-restore" and v6[0].stdin == EXPECTED_RESTORE
+    assert v6[0].argv[0] == "ip6tables-restore"
+    assert v6[0].stdin == EXPECTED_RESTORE.replace("srcmask 24", "srcmask 64").replace("stealth4", "stealth6")
     assert {s.argv[0] for s in v6[1:]} == {"ip6tables"}
 
 
@@ -56,4 +69,36 @@ def test_fail_closed_invariants() -> None:
     filter_rules = lines[lines.index("*filter") + 2 : lines.index("COMMIT", lines.index("*filter"))]
     assert filter_rules[-1].endswith("-j DROP")  # the last word on a protected port is DROP
     queued = [ln for ln in lines if "NFQUEUE" in ln]
-    assert queued == ["-A STEALTH-50 -p tcp --syn -j NFQUEUE --queue-num 50"]  # only bare SYNs
+    assert len(queued) == 2 and all("-p tcp --syn " in ln for ln in queued)  # only bare SYNs
+
+
+def test_reset_mode_rejects_everything_but_rst_with_the_kernels_rst() -> None:
+    text = restore_input(RuleConfig(queue=50, ports=(22,), mark=0x10000000, mode="reset"))
+    filter_rules = text.split("*filter")[1].splitlines()
+    assert filter_rules[-3:] == [
+        "-A STEALTH-50 -p tcp ! --tcp-flags RST RST -j REJECT --reject-with tcp-reset",
+        "-A STEALTH-50 -j DROP",
+        "COMMIT",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rules", "mode"),
+    [
+        (["-P INPUT ACCEPT"], "reset"),
+        (["-P INPUT DROP"], "drop"),
+        (["-P INPUT ACCEPT", "-A INPUT -p tcp -j STEALTH-50", "-A INPUT -j DROP"], "drop"),
+        (["-P INPUT ACCEPT", "-A INPUT -m conntrack --ctstate ESTABLISHED -j ACCEPT", "-A INPUT -p tcp -j DROP"],
+         "drop"),
+        (["-P INPUT DROP", "-A INPUT -p tcp -j REJECT --reject-with tcp-reset"], "reset"),
+        (["-P INPUT ACCEPT", "-A INPUT -s 10.0.0.0/8 -j DROP"], "reset"),  # not a catch-all
+    ],
+)
+def test_auto_mode_follows_the_host(rules: list[str], mode: str) -> None:
+    assert unused_port_mode_from_rules(rules, "STEALTH-50") == mode
+
+
+def test_auto_mode_refuses_what_it_cannot_mimic() -> None:
+    with pytest.raises(FirewallError, match="cannot mimic"):
+        unused_port_mode_from_rules(["-P INPUT ACCEPT", "-A INPUT -j REJECT --reject-with icmp-port-unreachable"],
+                                    "STEALTH-50")

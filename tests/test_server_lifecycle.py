@@ -22,7 +22,8 @@ def sl() -> Iterator[Any]:
         pytest.skip(privileged_problem() or "")
     from stealthlab import stealth_lab
 
-    with stealth_lab(server_id="life", clients=("alice",), start=False) as lab:
+    drop = ("--unauth", "drop")
+    with stealth_lab(server_id="life", clients=("alice",), start=False, init_args=drop) as lab:
         yield lab
 
 

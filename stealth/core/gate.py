@@ -21,6 +21,7 @@ class PersistCounter:
 
     client: str
     counter: int
+    src: bytes | None = None  # the source that knocked (exempted from per-prefix rate limits)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Gate:
             Verdict.ACCEPT,
             Reason.VALID,
             (
-                PersistCounter(name, counter),
+                PersistCounter(name, counter, syn.src),
                 LogAccept(name, syn.dport, syn.src, syn.sport, counter, retransmit=False),
             ),
             client=name,
