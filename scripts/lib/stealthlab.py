@@ -30,6 +30,7 @@ class StealthLab:
     server_proc: "subprocess.Popen[str] | None" = None
     server_log: list[str] = field(default_factory=list)
     server_log_path: Path = Path("/dev/null")
+    ready_line: str = ""
 
     @property
     def srv(self) -> Host:
@@ -72,6 +73,7 @@ class StealthLab:
             proc.wait(timeout=5)
             raise LabError(f"stealth server did not start: {line.strip()} {self.server_log_path.read_text()}")
         self.server_proc = proc
+        self.ready_line = line.strip()
 
     def stop_server(self) -> str:
         """SIGTERM the server; return its log (stderr)."""
