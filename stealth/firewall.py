@@ -77,6 +77,14 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int) -> list[str]:
         f"-A {ch} -p tcp -m multiport ! --dports {ports} -j RETURN",
         f"-A {ch} -i lo -j RETURN",
     ]
+    if table == "mangle" and cfg.mode == "reset":
+        # Timing: the protected port's RST takes a trip through the queue. Send bare SYNs to every other
+        # port that has no socket (whose RST the kernel makes) through the same trip, so both RTTs match.
+        head = [
+            f"-A {ch} -i lo -j RETURN",
+            f"-A {ch} -p tcp -m multiport ! --dports {ports} ! --syn -j RETURN",
+            f"-A {ch} -p tcp -m multiport ! --dports {ports} -m socket -j RETURN",
+        ]
     if table == "mangle":
         queue = f"-j NFQUEUE --queue-num {cfg.queue}"
         prefix = cfg.prefix_v4 if family == 4 else cfg.prefix_v6

@@ -74,6 +74,13 @@ def test_fail_closed_invariants() -> None:
 
 def test_reset_mode_rejects_everything_but_rst_with_the_kernels_rst() -> None:
     text = restore_input(RuleConfig(queue=50, ports=(22,), mark=0x10000000, mode="reset"))
+    mangle_rules = text.split("*filter")[0].splitlines()
+    # neighbours' SYNs without a socket take the same trip through the queue (equal RTT)
+    assert mangle_rules[2:5] == [
+        "-A STEALTH-50 -i lo -j RETURN",
+        "-A STEALTH-50 -p tcp -m multiport ! --dports 22 ! --syn -j RETURN",
+        "-A STEALTH-50 -p tcp -m multiport ! --dports 22 -m socket -j RETURN",
+    ]
     filter_rules = text.split("*filter")[1].splitlines()
     assert filter_rules[-3:] == [
         "-A STEALTH-50 -p tcp ! --tcp-flags RST RST -j REJECT --reject-with tcp-reset",
