@@ -1,0 +1,75 @@
+# Why: property 9 under fire. An attacker floods the protected port with random SYNs as fast as hping3
+# sends, from spoofed benchmarking-range prefixes (198.18.0.0/15) and spoofed as the real client itself;
+# the client must still log in (>= 99% of 200 logins, with its retries). The kernel's per-prefix limit
+# keeps the junk prefixes away from the queue; the client, having knocked before, is exempt from it, so
+# junk in its name cannot shut it out.
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.privileged
+LOGINS = 200
+WORKERS = 4  # logins in parallel, as several users would
+
+
+@pytest.fixture(scope="module")
+def sl() -> Iterator[Any]:
+    from conftest import privileged_problem
+
+    if privileged_problem() is not None:
+        pytest.skip(privileged_problem() or "")
+    from stealthlab import stealth_lab
+
+    with stealth_lab(server_id="flood", clients=("alice",), init_args=("--unauth", "drop")) as lab:
+        yield lab
+
+
+def queue_counters(sl: Any) -> tuple[int, int, int]:
+    """(queued total, dropped: queue full, dropped: userspace socket full) from nfnetlink_queue."""
+    text = sl.srv.run(["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout.split()
+    # queue portid waiting copy_mode copy_range queue_dropped user_dropped id_sequence 1
+    return int(text[7]), int(text[5]), int(text[6])
+
+
+def test_flood_does_not_stop_a_real_client(sl: Any) -> None:
+    argv = sl.ssh_argv("alice", sl.srv.ip4, command="true", connect_timeout=30)
+    i = next(i for i, a in enumerate(argv) if a.startswith("ProxyCommand="))
+    argv[i] = argv[i].replace(" %h", " --timeout 2 --retries 4 %h")  # the client's retries
+    assert sl.ssh("alice", sl.srv.ip4).returncode == 0  # alice has knocked before: exempt from the limit
+    sources = ["198.18.1.7", sl.cli.ip4]  # the last one: spoofed as alice
+    floods = [
+        sl.atk.popen(["hping3", "--flood", "-S", "-p", "22", "-a", src, sl.srv.ip4], stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT)
+        for src in sources
+    ]
+    queued0, qdrop0, udrop0 = queue_counters(sl)
+    start = time.monotonic()
+    try:
+        time.sleep(1.0)
+        with ThreadPoolExecutor(WORKERS) as pool:
+            results = pool.map(
+                lambda _: sl.cli.run(argv, check=False, timeout=90, stdin=subprocess.DEVNULL).returncode,
+                range(LOGINS),
+            )
+            ok = sum(rc == 0 for rc in results)
+    finally:
+        elapsed = time.monotonic() - start
+        sent = 0
+        for proc in floods:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=15)
+            match = re.search(r"(\d+) packets transmitted", out or "")
+            sent += int(match.group(1)) if match else 0
+    queued, qdrop, udrop = queue_counters(sl)
+    counts = sl.status()["counts"]
+    print(f"\nflood: {sent} SYNs sent in {elapsed:.1f} s ({sent / elapsed:,.0f}/s), "
+          f"{queued - queued0} reached the queue, {qdrop - qdrop0 + udrop - udrop0} lost at the queue; "
+          f"logins ok {ok}/{LOGINS}; server counts {counts}")
+    assert sent > 10 * LOGINS  # the flood really ran
+    assert ok >= 0.99 * LOGINS
