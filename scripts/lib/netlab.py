@@ -188,19 +188,41 @@ def missing_tools(tools: Sequence[str]) -> list[str]:
     return [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
 
 
-def send_raw(host: Host, packet: bytes) -> None:
-    """Put raw IP bytes on the wire from inside `host` (IPv4 or IPv6), exactly as given."""
-    code = (
-        "import socket,sys\n"
-        "p=sys.stdin.buffer.read()\n"
-        "v6=p[0]>>4==6\n"
-        "s=socket.socket(socket.AF_INET6 if v6 else socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n"
-        "d=socket.inet_ntop(socket.AF_INET6,p[24:40]) if v6 else socket.inet_ntop(socket.AF_INET,p[16:20])\n"
-        "s.sendto(p,(d,0))\n"
-    )
+_SEND_RAW = """
+import socket, struct, sys
+data = sys.stdin.buffer.read()
+socks = {4: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW),
+         6: socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)}
+sent = failed = 0
+i = 0
+while i < len(data):
+    (n,) = struct.unpack_from("!I", data, i)
+    p = data[i + 4 : i + 4 + n]
+    i += 4 + n
+    v6 = p[0] >> 4 == 6
+    try:
+        fam, raw = (socket.AF_INET6, p[24:40]) if v6 else (socket.AF_INET, p[16:20])
+        dst = socket.inet_ntop(fam, raw)
+        socks[6 if v6 else 4].sendto(p, (dst, 0))
+        sent += 1
+    except (OSError, ValueError):
+        failed += 1
+print(sent, failed)
+"""
+
+
+def send_raw(host: Host, *packets: bytes, strict: bool = True) -> tuple[int, int]:
+    """Put raw IP packets on the wire from inside `host`, exactly as given, from one process.
+    Returns (sent, refused by the sender's kernel); with strict, any refusal raises."""
+    import struct
     import sys
 
-    result = subprocess.run(host.argv([sys.executable, "-c", code]), input=packet, capture_output=True,
+    blob = b"".join(struct.pack("!I", len(p)) + p for p in packets)
+    result = subprocess.run(host.argv([sys.executable, "-c", _SEND_RAW]), input=blob, capture_output=True,
                             check=False)
     if result.returncode != 0:
         raise LabError(f"raw send failed: {result.stderr.decode(errors='replace').strip()}")
+    sent, failed = (int(x) for x in result.stdout.split())
+    if strict and failed:
+        raise LabError(f"raw send: {failed} of {len(packets)} packets refused")
+    return sent, failed
