@@ -182,6 +182,40 @@ def run(state_dir: Path, queue: int | None, keep_rules_on_exit: bool, verbose: i
     srv.run(ready)
 
 
+@server.group()
+def rules() -> None:
+    """Change the running rules safely (rolled back unless confirmed)."""
+
+
+@rules.command("apply")
+@state_dir_option
+@click.option("--confirm-within", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds to wait for confirmation before rolling back.")
+@click.option("--queue", default=None, type=click.IntRange(0, 65535),
+              help="NFQUEUE number (default: server.toml).")
+@reports_errors
+def rules_apply(state_dir: Path, confirm_within: float, queue: int | None) -> None:
+    """Install the rules server.toml describes now; roll back unless confirmed in time."""
+    from stealth.rules_apply import apply_with_rollback
+
+    if apply_with_rollback(ServerState(state_dir), confirm_within, queue, click.echo):
+        click.echo("confirmed: the new rules stay")
+        return
+    click.echo(f"stealth: not confirmed within {confirm_within:g} s: the previous rules are back", err=True)
+    sys.exit(1)
+
+
+@rules.command("confirm")
+@state_dir_option
+@reports_errors
+def rules_confirm(state_dir: Path) -> None:
+    """Confirm a pending 'rules apply' (run it from a new session to prove you still get in)."""
+    from stealth.rules_apply import confirm
+
+    confirm(ServerState(state_dir))
+    click.echo("confirmed")
+
+
 @server.command()
 @state_dir_option
 @reports_errors

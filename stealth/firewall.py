@@ -215,3 +215,35 @@ def unused_port_mode_from_rules(lines: list[str], chain: str) -> str:
     if "-P INPUT DROP" in lines:
         return "drop"
     return "reset"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Our chains' contents (restore syntax) per table for one family, or None where absent."""
+
+    family: int
+    chains: dict[str, list[str] | None]
+
+
+def snapshot(cfg: RuleConfig, family: int) -> Snapshot:
+    tool = FAMILIES[family][0]
+    chains: dict[str, list[str] | None] = {}
+    for table in ("mangle", "filter"):
+        result = _run((tool, "-w", "-t", table, "-S", cfg.chain))
+        lines = result.stdout.splitlines()
+        chains[table] = [ln for ln in lines if ln.startswith("-A ")] if result.returncode == 0 else None
+    return Snapshot(family, chains)
+
+
+def restore(cfg: RuleConfig, snap: Snapshot) -> None:
+    """Put our chains back exactly as snapshotted (or remove them if they did not exist)."""
+    if all(rules is None for rules in snap.chains.values()):
+        apply(plan_remove(cfg, snap.family))
+        return
+    tool, restore_tool = FAMILIES[snap.family]
+    lines = []
+    for table, rules in snap.chains.items():
+        lines += [f"*{table}", f":{cfg.chain} - [0:0]", *(rules or []), "COMMIT"]
+    steps = [Step((restore_tool, "-w", "--noflush"), stdin="\n".join(lines) + "\n")]
+    steps += [Step(_jump(tool, t, "-I", cfg), unless=_jump(tool, t, "-C", cfg)) for t in ("mangle", "filter")]
+    apply(steps)

@@ -1,0 +1,63 @@
+# Why: changing the rules of a remote server is how administrators lock themselves out. Like
+# iptables-apply, `stealth server rules apply` installs the rules server.toml now describes, then rolls
+# them back automatically unless the change is confirmed (from a new session: `stealth server rules
+# confirm`, or by answering on the terminal) within the given time.
+import secrets
+import select
+import sys
+import time
+from collections.abc import Callable
+
+from stealth.errors import StealthError
+from stealth.firewall import RuleConfig, Snapshot, available_families, install, restore, snapshot
+from stealth.server import Server
+from stealth.server_state import ServerState
+from stealth.store import atomic_write, read_bytes
+
+POLL_SECONDS = 0.2
+
+
+def confirm(state: ServerState) -> str:
+    """Confirm the change a running `rules apply` is waiting for."""
+    path = state.dir / "rules.pending"
+    if not path.exists():
+        raise StealthError(f"{path}: no rule change is waiting for confirmation")
+    nonce = read_bytes(path)
+    atomic_write(state.dir / "rules.confirmed", nonce)
+    return nonce.decode(errors="replace")
+
+
+def apply_with_rollback(
+    state: ServerState, confirm_within: float, queue: int | None, say: Callable[[str], None]
+) -> bool:
+    """Install the rules; return True if confirmed in time, else roll back and return False."""
+    server = Server(state, queue)
+    families = available_families()
+    rules: dict[int, RuleConfig] = {f: server.rule_config(f) for f in families}
+    before: dict[int, Snapshot] = {f: snapshot(rules[f], f) for f in families}
+    nonce = secrets.token_hex(8).encode()
+    confirmed_path = state.dir / "rules.confirmed"
+    pending = state.dir / "rules.pending"
+    confirmed_path.unlink(missing_ok=True)
+    atomic_write(pending, nonce)
+    try:
+        install(rules)
+        say(f"new rules installed; confirm within {confirm_within:g} s with "
+            f"'stealth server rules confirm --state-dir {state.dir}'"
+            + (" or by typing yes here" if sys.stdin.isatty() else "") + ", or they are rolled back")
+        deadline = time.monotonic() + confirm_within
+        while time.monotonic() < deadline:
+            if confirmed_path.exists() and read_bytes(confirmed_path) == nonce:
+                return True
+            if sys.stdin.isatty():
+                ready, _, _ = select.select([sys.stdin], [], [], POLL_SECONDS)
+                if ready and sys.stdin.readline().strip().lower() in ("y", "yes"):
+                    return True
+            else:
+                time.sleep(POLL_SECONDS)
+        for family, snap in before.items():
+            restore(rules[family], snap)
+        return False
+    finally:
+        pending.unlink(missing_ok=True)
+        confirmed_path.unlink(missing_ok=True)
