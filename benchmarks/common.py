@@ -134,6 +134,13 @@ def cpu_busy(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> lis
     return [round(100 * (a[0] - b[0]) / max(1, a[1] - b[1]), 1) for b, a in zip(before, after, strict=True)]
 
 
+def background_busy(seconds: float = 0.5) -> list[float]:
+    """Busy % per core while this harness is idle: what other work on the machine takes."""
+    before = cpu_times()
+    time.sleep(seconds)
+    return cpu_busy(before, cpu_times())
+
+
 def proc_cpu_seconds(pid: int) -> float:
     try:
         f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

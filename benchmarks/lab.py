@@ -89,6 +89,17 @@ class BenchLab:
         counts = doc.get("counts", {})
         return {str(k): int(v) for k, v in counts.items()}
 
+    def accepted_counts(self) -> dict[str, int]:
+        """SYNs the server accepted, from the kernel: the filter rule that saves the accept mark counts
+        exactly the packets that came back from the queue with it (status.json is written by the
+        server's loop, which a flood keeps busy)."""
+        text = self.srv.run(["iptables", "-t", "filter", "-L", f"STEALTH-{QUEUE}", "-v", "-x", "-n"],
+                            check=False).stdout
+        for line in text.splitlines():
+            if "CONNMARK" in line:
+                return {"accepted_syns": int(line.split()[0])}
+        return {}
+
     def flood_argv(self, mode: str, rate: float, seconds: float, tokens: Path | None = None,
                    offset: int = 0, mix_every: int = 100, port: int = 22) -> list[str]:
         argv = ["taskset", "-c", "0", str(BUILD / "synflood"), "eth0", self.info["srv_mac"],

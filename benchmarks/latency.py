@@ -2,6 +2,7 @@
 # run, alternating (the worker in the client namespace does the timing), and full ssh logins (`true`)
 # direct and through stealth-connect, alternating, as scripts/measure-login does.
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ def knock_to_connected(bl: BenchLab, samples: int) -> dict[str, Any]:
     for name, values in doc["times"].items():
         out[name] = {**summary_ms(values), "failed": len(doc["errors"][name]),
                      "errors": doc["errors"][name][:3]}
+    out["durable_writes"] = durable_writes(bl)
     base = out["plain_connect"].get("p50_ms", 0)
     out["stealth_in_process_added_p50_ms"] = round(out["stealth_connect_in_process"]["p50_ms"] - base, 3)
     out["what"] = {
@@ -50,6 +52,35 @@ def knock_to_connected(bl: BenchLab, samples: int) -> dict[str, Any]:
                   "PCAP_LOOP_SLEEP 100 ms), then connect retried every 5 ms until the rule is in",
         "knockd": f"`knock {' '.join(map(str, KNOCK_SEQUENCE))}` (TCP SYNs), then connect retried every 5 ms",
     }
+    return out
+
+
+def durable_writes(bl: BenchLab, n: int = 20) -> dict[str, float]:
+    """What the counters' durability costs on this filesystem, per knock: the client's take_counter and
+    record_success (each an atomic write: fsync of the file and of its directory) and the server's
+    save_counters of 1,001 clients before its verdict."""
+    from stealth_connect.profiles import record_success, take_counter
+
+    from stealth.server_state import ServerState
+
+    d = bl.tmp / "fsync-probe"
+    d.mkdir()
+    path = d / "counter.json"
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    for _ in range(n):
+        c = take_counter(path)
+    out["client_take_counter_ms"] = round((time.perf_counter() - t) / n * 1000, 3)
+    t = time.perf_counter()
+    for i in range(n):
+        record_success(path, c + i)
+    out["client_record_success_ms"] = round((time.perf_counter() - t) / n * 1000, 3)
+    counters = {secrets.token_hex(8): 5 for _ in range(1001)}
+    state = ServerState(d)
+    t = time.perf_counter()
+    for _ in range(n):
+        state.save_counters(counters)
+    out["server_save_counters_1001_ms"] = round((time.perf_counter() - t) / n * 1000, 3)
     return out
 
 

@@ -14,11 +14,12 @@ from typing import Any
 from netlab import Lab
 
 from benchmarks import attack, latency, report, scale, verify_rate
-from benchmarks.common import COMMANDS, ROOT, build_c, dump, machine
+from benchmarks.common import COMMANDS, ROOT, background_busy, build_c, dump, machine
 from benchmarks.lab import check_no_route_out, setup
 
 
 def section(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
+    results.setdefault("background_cpu_busy_pct_before", {})[name] = background_busy()
     t = time.monotonic()
     print(f"bench: == {name}", file=sys.stderr, flush=True)
     try:

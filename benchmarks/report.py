@@ -48,6 +48,9 @@ def render(r: dict[str, Any]) -> str:
         f"Load average before/after: {' '.join(r.get('load_before', []))} / "
         f"{' '.join(r.get('load_after', []))} (other sessions share these 2 cores; see results.json). "
         "Raw figures, per-probe CPU per core and every command: `benchmarks/results.json`.", "",
+        "Busy % per core taken by *other* work just before each section (0.5 s, this harness idle): "
+        + "; ".join(f"{n} {v}" for n, v in (r.get("background_cpu_busy_pct_before") or {}).items()) + ".",
+        "",
         "## 1. Server verification rate (real `stealth server run`, 1,001 clients, W=16, SYN/s)", "",
         "Processed rate = verdicts per second from `/proc/net/netfilter/nfnetlink_queue` in the server "
         "namespace (ids handed out - queue drops - still waiting). Lossless = no queue drop and every "
@@ -107,6 +110,12 @@ def render(r: dict[str, Any]) -> str:
                      f"{ms(s.get('max_ms'))} | {s.get('failed', 'n/a')} | {anchor} |")
     what = kc.get("what", {})
     lines += [""] + [f"- {n}: {w}" for n, w in what.items()] + [""]
+    dw = kc.get("durable_writes")
+    if dw:
+        lines += [f"Durable counter writes on this filesystem ({m.get('tmp_fs')}), per knock: client "
+                  f"take_counter {ms(dw['client_take_counter_ms'])} + record_success "
+                  f"{ms(dw['client_record_success_ms'])}; server save_counters (1,001 clients) "
+                  f"{ms(dw['server_save_counters_1001_ms'])}. Each is an atomic write with two fsyncs.", ""]
     sl = r.get("ssh_login", {})
     lines += ["Full ssh login (`ssh ... true`), alternating:", "",
               "| login | n | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|"]

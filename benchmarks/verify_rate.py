@@ -33,8 +33,9 @@ class Probe:
     sent: int
     sender_pps: float
     seconds: float
-    entered: int  # ids the queue handed out
+    entered: int  # reached the queue: ids handed out + dropped because the queue was full
     queue_dropped: int
+    backlog: int  # still waiting for a verdict when the sender stopped
     processed: int  # verdicts given during the send window
     processed_pps: float
     cpu_busy: list[float]
@@ -44,13 +45,15 @@ class Probe:
 
     @property
     def lossless(self) -> bool:
-        return self.queue_dropped == 0 and self.entered >= self.sent
+        """Nothing dropped, everything reached the queue, and the consumer kept up (a backlog of more than
+        5% of the probe when the sender stopped means it only looked lossless thanks to the queue)."""
+        return self.queue_dropped == 0 and self.entered >= self.sent and self.backlog <= 0.05 * self.sent
 
     def doc(self) -> dict[str, Any]:
         return {
             "offered_pps": round(self.offered_pps), "sent": self.sent, "sender_pps": round(self.sender_pps),
             "seconds": round(self.seconds, 3), "entered_queue": self.entered,
-            "queue_dropped": self.queue_dropped, "processed": self.processed,
+            "queue_dropped": self.queue_dropped, "backlog_at_end": self.backlog, "processed": self.processed,
             "processed_pps": round(self.processed_pps), "lossless": self.lossless,
             "cpu_busy_pct_per_core": self.cpu_busy, "consumer_cpu_pct": round(self.consumer_cpu_pct, 1),
             "valid_sent": self.valid_sent, "verdicts": self.counts,
@@ -72,6 +75,7 @@ class Runner:
         tokens = self.tokens if mode in ("valid", "mix") else None
         argv = self.bl.flood_argv(mode, rate, seconds, tokens, self.offset, MIX_EVERY)
         note_command(["ip netns exec ATK", *argv[4:]])
+        self.drain()
         counts0 = self.counts()
         q0 = queue_counters(ns, QUEUE) or QueueCounters(QUEUE, 0, 0, 0, 0)
         c0, p0 = cpu_times(), proc_cpu_seconds(self.consumer_pid)
@@ -80,44 +84,50 @@ class Runner:
         c1, p1 = cpu_times(), proc_cpu_seconds(self.consumer_pid)
         out = json.loads(r.stdout)
         self.offset = int(out["next_offset"]) if tokens else self.offset
-        time.sleep(0.3)  # let the queue drain before the next probe
-        counts: dict[str, int] = {}
-        if mode in ("valid", "mix"):
-            time.sleep(1.1)  # the server writes its counts to status.json once a second
-            counts1 = self.counts()
-            counts = {k: v - counts0.get(k, 0) for k, v in counts1.items() if v - counts0.get(k, 0)}
-        entered = q1.id_sequence - q0.id_sequence
-        qdrop = (q1.dropped - q0.dropped) + (q1.user_dropped - q0.user_dropped)
-        processed = entered - qdrop - q1.waiting
+        self.drain()
+        counts1 = self.counts()
+        counts = {k: v - counts0.get(k, 0) for k, v in counts1.items() if v - counts0.get(k, 0)}
+        # ids go only to packets the queue took; a full queue drops before giving an id
+        ids = q1.id_sequence - q0.id_sequence
+        full = q1.dropped - q0.dropped
+        processed = ids - (q1.user_dropped - q0.user_dropped) - (q1.waiting - q0.waiting)
         secs = float(out["seconds"])
-        return Probe(rate, int(out["sent"]), float(out["rate_pps"]), secs, entered, qdrop, processed,
-                     processed / secs, cpu_busy(c0, c1), 100 * (p1 - p0) / secs, int(out["valid_sent"]),
-                     counts)
+        return Probe(rate, int(out["sent"]), float(out["rate_pps"]), secs, ids + full,
+                     full + q1.user_dropped - q0.user_dropped, q1.waiting, processed, processed / secs,
+                     cpu_busy(c0, c1), 100 * (p1 - p0) / secs, int(out["valid_sent"]), counts)
 
-    def search(self, mode: str, start: float, sat_rate: float | None) -> dict[str, Any]:
-        """Double the offered rate from `start` until SYNs are lost; then saturate (at `sat_rate`, or twice
-        the first lossy rate) and bisect once between the last lossless and the first lossy rate."""
-        probes: list[Probe] = []
-        rate, good, bad = start, 0.0, 0.0
-        while rate < 2_000_000:
-            p = self.probe(mode, rate)
-            probes.append(p)
-            if not p.lossless or p.sender_pps < 0.97 * rate:
+    def drain(self, limit_s: float = 60) -> None:
+        """Wait until the queue is empty (a probe must not start on the last one's backlog)."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            q = queue_counters(self.bl.srv.ns, QUEUE)
+            if q is None or q.waiting == 0:
+                return
+            time.sleep(0.1)
+
+    def search(self, mode: str, sat_rate: float, steps: int) -> dict[str, Any]:
+        """Saturate (offer `sat_rate`, 0 = the sender's top speed), then offer 90%, 75%, 60%, ... of the
+        processed rate until a probe is lossless, and bisect once between it and the last lossy rate."""
+        sat = self.probe(mode, sat_rate)
+        probes = [sat]
+        good, bad = 0.0, 0.0
+        if sat.lossless:
+            good = sat.sender_pps
+        else:
+            for f in (0.9, 0.75, 0.6, 0.45, 0.3, 0.15, 0.05)[:steps]:
+                rate = max(50.0, f * sat.processed_pps)
+                p = self.probe(mode, rate)
+                probes.append(p)
+                if p.lossless and p.sender_pps >= 0.97 * rate:
+                    good = rate
+                    break
                 bad = rate
-                break
-            good = rate
-            rate *= 2
-        sat = self.probe(mode, sat_rate if sat_rate is not None else 2 * (bad or rate))
-        probes.append(sat)
-        if bad:
-            mid = (good + bad) / 2 if good else bad / 2
-            for _ in range(2):
+            if good and bad:
+                mid = (good + bad) / 2
                 p = self.probe(mode, mid)
                 probes.append(p)
                 if p.lossless and p.sender_pps >= 0.97 * mid:
-                    good, mid = mid, (mid + bad) / 2
-                else:
-                    bad, mid = mid, (good + mid) / 2
+                    good = mid
         return {
             "highest_lossless_pps": round(good), "saturation": sat.doc(),
             "processed_pps_at_saturation": round(sat.processed_pps),
@@ -186,7 +196,7 @@ def c_consumer(bl: BenchLab, runner: Runner, mode: str) -> dict[str, Any]:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"nfqconsumer did not start: {proc.stderr.read() if proc.stderr else ''}")
         runner.consumer_pid = proc.pid
-        res = runner.search("junk", 50_000, 0)
+        res = runner.search("junk", 0, 2)
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
@@ -215,13 +225,21 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
     out["c_consumer_batch"] = c_consumer(bl, runner, "batch")
     bl.start_server()
     runner.consumer_pid = bl.server_pid()
-    runner.counts = bl.status_counts
-    cases = (("junk", "junk", 25_000, 0.0), ("one_percent_valid", "mix", 25_000, None),
-             ("all_valid", "valid", 500, None))
-    for name, mode, start, sat in cases:
-        print(f"bench: verify: stealth server, {name}", file=sys.stderr, flush=True)
-        out[name] = runner.search(mode, start, sat)
-        if name == "junk" or (name == "all_valid" and not quick):
+    runner.counts = bl.accepted_counts
+    steps = 3 if quick else 7
+    print("bench: verify: stealth server, junk", file=sys.stderr, flush=True)
+    out["junk"] = runner.search("junk", 0, steps)
+    junk_sat = max(1000.0, out["junk"]["processed_pps_at_saturation"])
+    print("bench: verify: stealth server, 1% valid", file=sys.stderr, flush=True)
+    out["one_percent_valid"] = runner.search("mix", junk_sat, steps)
+    print("bench: verify: stealth server, all valid", file=sys.stderr, flush=True)
+    # offered at most ~5x what the server verifies, so a client's processed knocks stay within its window
+    first = runner.probe("valid", 2000)
+    out["all_valid"] = runner.search("valid", min(4 * max(200.0, first.processed_pps), 20_000), steps)
+    out["all_valid"]["probes"].insert(0, first.doc())
+    for name, mode in (("junk", "junk"), ("all_valid", "valid")):
+        if name == "junk" or not quick:
+            runner.drain()
             prof_rate = 0 if mode == "junk" else 4 * max(1, out[name]["highest_lossless_pps"])
             prof_argv = bl.flood_argv(mode, prof_rate,
                                       seconds + 3, bl.tmp / "tokens.bin" if mode != "junk" else None,
