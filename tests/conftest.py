@@ -28,16 +28,21 @@ def privileged_problem() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _privileged_gate(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("privileged") is None:
-        return
+def require_privileges() -> None:
+    """Skip (outside CI) or fail (in CI) unless privileged tests can run here. Module-scoped lab
+    fixtures call it first: they are set up before any function-scoped gate could act."""
     problem = privileged_problem()
     if problem is None:
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"privileged test cannot run in CI: {problem}")
     pytest.skip(problem)
+
+
+@pytest.fixture(autouse=True)
+def _privileged_gate(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("privileged") is not None:
+        require_privileges()
 
 
 def stealth_bin(name: str) -> str:

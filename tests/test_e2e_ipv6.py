@@ -2,7 +2,6 @@
 # next to its iptables ones and the lab's profiles are imported for both addresses, so the same real
 # sshd, `stealth server run` and OpenSSH client are driven over 2001:db8:5e::/64 here. Every "no reply" is
 # read from a tcpdump capture.
-import json
 import secrets
 import subprocess
 import time
@@ -18,19 +17,13 @@ SSH_PORT = 22
 
 @pytest.fixture(scope="module")
 def sl() -> Iterator[Any]:
-    from conftest import privileged_problem
+    from conftest import require_privileges
 
-    if privileged_problem() is not None:
-        pytest.skip(privileged_problem() or "")  # the autouse gate reports it (fails in CI)
+    require_privileges()
     from stealthlab import stealth_lab
 
     with stealth_lab(server_id="e2e6", clients=("alice",), init_args=("--unauth", "drop")) as lab:
         yield lab
-
-
-def counter_of(sl: Any, name: str) -> int:
-    (path,) = (sl.client_dirs[name] / "counters").glob("*.json")  # one key, one counter file
-    return int(json.loads(path.read_text())["last_used"])
 
 
 def test_login_through_proxycommand(sl: Any) -> None:
@@ -45,7 +38,7 @@ def test_login_through_proxycommand(sl: Any) -> None:
     assert result.stdout.strip() == "stealth-ok"
     packets = cap.packets()
     prof = load_profile(ClientStore(sl.client_dirs["alice"]).find(sl.srv.ip6))
-    knock = derive(prof.key, prof.binding, SSH_PORT, counter_of(sl, "alice"))
+    knock = derive(prof.key, prof.binding, SSH_PORT, sl.counter("alice"))
     first = syns(packets, sl.srv.ip6, SSH_PORT)[0]
     assert first["IPv6"].src == sl.cli.ip6
     assert (first["TCP"].seq, first["TCP"].sport) == (knock.isn, knock.sport)
@@ -162,17 +155,9 @@ def test_nothing_stays_open_after_logout(sl: Any) -> None:
 
 
 def _nmap_states(sl: Any, scan: str, ports: str) -> dict[int, tuple[str, str]]:
-    import xml.etree.ElementTree as ET
+    from stealthlab import nmap_states
 
-    out = sl.lab.tmp / f"nmap6{scan}.xml"
-    sl.atk.run(["nmap", "-6", scan, "-Pn", "-n", "-T4", "--max-retries", "1", "--reason", "-p", ports,
-                "-oX", str(out), sl.srv.ip6], timeout=120)
-    states = {}
-    for port in ET.parse(out).getroot().iter("port"):  # noqa: S314 -- nmap's output from this test
-        state = port.find("state")
-        assert state is not None
-        states[int(port.get("portid", "0"))] = (state.get("state", ""), state.get("reason", ""))
-    return states
+    return nmap_states(sl.atk, sl.srv.ip6, scan, ports, sl.lab.tmp / f"nmap6{scan}.xml", ("-6",))
 
 
 def test_nmap_sees_protected_port_like_unused_neighbours(sl: Any) -> None:

@@ -1,7 +1,6 @@
 # Why: the product as a user meets it. A real sshd behind `stealth server run` in one namespace, the real
 # OpenSSH client through stealth-connect in another, an attacker in a third; every claim is checked
 # against what tcpdump saw come back on the wire.
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,19 +15,13 @@ SSH_PORT = 22
 
 @pytest.fixture(scope="module")
 def sl() -> Iterator[Any]:
-    from conftest import privileged_problem
+    from conftest import require_privileges
 
-    if privileged_problem() is not None:
-        pytest.skip(privileged_problem() or "")  # the autouse gate reports it (fails in CI)
+    require_privileges()
     from stealthlab import stealth_lab
 
     with stealth_lab(server_id="e2e", clients=("alice",), init_args=("--unauth", "drop")) as lab:
         yield lab
-
-
-def counter_of(sl: Any, name: str) -> int:
-    (path,) = (sl.client_dirs[name] / "counters").glob("*.json")  # one key, one counter file
-    return int(json.loads(path.read_text())["last_used"])
 
 
 def test_login_through_proxycommand(sl: Any) -> None:
@@ -44,7 +37,7 @@ def test_login_through_proxycommand(sl: Any) -> None:
     packets = cap.packets()
     # the knock on the wire is the token of the counter the client used, from an even ephemeral port
     prof = load_profile(sl.client_dirs["alice"] / "hosts" / f"{sl.srv.ip4}.toml")
-    knock = derive(prof.key, prof.binding, SSH_PORT, counter_of(sl, "alice"))
+    knock = derive(prof.key, prof.binding, SSH_PORT, sl.counter("alice"))
     first = syns(packets, sl.srv.ip4, SSH_PORT)[0]["TCP"]
     assert (first.seq, first.sport) == (knock.isn, knock.sport)
     assert 32768 <= first.sport <= 60999 and first.sport % 2 == 0
@@ -170,17 +163,9 @@ def test_revoked_client_gets_no_reply(sl: Any) -> None:
 
 
 def _nmap_states(sl: Any, scan: str, ports: str) -> dict[int, tuple[str, str]]:
-    import xml.etree.ElementTree as ET
+    from stealthlab import nmap_states
 
-    out = sl.lab.tmp / f"nmap{scan}.xml"
-    sl.atk.run(["nmap", scan, "-Pn", "-n", "-T4", "--max-retries", "1", "--reason", "-p", ports,
-                "-oX", str(out), sl.srv.ip4], timeout=120)
-    states = {}
-    for port in ET.parse(out).getroot().iter("port"):  # noqa: S314 -- nmap's output from this test
-        state = port.find("state")
-        assert state is not None
-        states[int(port.get("portid", "0"))] = (state.get("state", ""), state.get("reason", ""))
-    return states
+    return nmap_states(sl.atk, sl.srv.ip4, scan, ports, sl.lab.tmp / f"nmap{scan}.xml", ())
 
 
 def test_nmap_sees_protected_port_like_unused_neighbours(sl: Any) -> None:

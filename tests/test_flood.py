@@ -20,10 +20,9 @@ WORKERS = 4  # logins in parallel, as several users would
 
 @pytest.fixture(scope="module")
 def sl() -> Iterator[Any]:
-    from conftest import privileged_problem
+    from conftest import require_privileges
 
-    if privileged_problem() is not None:
-        pytest.skip(privileged_problem() or "")
+    require_privileges()
     from stealthlab import stealth_lab
 
     with stealth_lab(server_id="flood", clients=("alice",), init_args=("--unauth", "drop")) as lab:

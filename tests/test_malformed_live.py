@@ -16,10 +16,9 @@ pytestmark = pytest.mark.privileged
 
 @pytest.fixture(scope="module")
 def sl() -> Iterator[Any]:
-    from conftest import privileged_problem
+    from conftest import require_privileges
 
-    if privileged_problem() is not None:
-        pytest.skip(privileged_problem() or "")
+    require_privileges()
     from stealthlab import stealth_lab
 
     with stealth_lab(server_id="malformed", clients=("alice",), init_args=("--unauth", "drop")) as lab:

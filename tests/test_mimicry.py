@@ -5,7 +5,6 @@
 import itertools
 import subprocess
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,10 +22,9 @@ DROP_RULES = [
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Any]:
-    from conftest import privileged_problem
+    from conftest import require_privileges
 
-    if privileged_problem() is not None:
-        pytest.skip(privileged_problem() or "")
+    require_privileges()
     from stealthlab import stealth_lab
 
     with stealth_lab(server_id="mimic", clients=("alice",), start=False) as sl:
@@ -52,26 +50,20 @@ def host(request: pytest.FixtureRequest, lab: Any) -> Iterator[str]:
                 lab.srv.run(["iptables", "-D", *rule], check=False)
 
 
-def nmap_states(lab: Any, scan: str) -> dict[int, tuple[str, str]]:
-    out = lab.lab.tmp / f"nmap{scan}.xml"
-    lab.atk.run(["nmap", scan, "-Pn", "-n", "-T4", "--max-retries", "1", "--reason", "-p", "21-23",
-                 "-oX", str(out), lab.srv.ip4], timeout=120)
-    states = {}
-    for port in ET.parse(out).getroot().iter("port"):  # noqa: S314 -- nmap's output from this test
-        state = port.find("state")
-        assert state is not None
-        states[int(port.get("portid", "0"))] = (state.get("state", ""), state.get("reason", ""))
-    return states
+def lab_nmap(lab: Any, scan: str) -> dict[int, tuple[str, str]]:
+    from stealthlab import nmap_states
+
+    return nmap_states(lab.atk, lab.srv.ip4, scan, "21-23", lab.lab.tmp / f"nmap{scan}.xml")
 
 
 def test_login_works_and_nmap_cannot_tell_the_port_from_its_neighbours(lab: Any, host: str) -> None:
     assert lab.ssh("alice", lab.srv.ip4).returncode == 0
     for scan in SCANS:
-        states = nmap_states(lab, scan)
+        states = lab_nmap(lab, scan)
         assert set(states) == {21, 22, 23}, (scan, states)
         assert states[22] == states[21] == states[23], (host, scan, states)
     if host == "reset":
-        assert nmap_states(lab, "-sS")[22][0] == "closed"  # not "filtered": the fingerprint is gone
+        assert lab_nmap(lab, "-sS")[22][0] == "closed"  # not "filtered": the fingerprint is gone
 
 
 def reply_fields(probe: Any, reply: Any | None) -> tuple[Any, ...] | None:

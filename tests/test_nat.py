@@ -18,10 +18,9 @@ NAMES = ("alice", "natty")  # alice: port bits on (the default); natty: enrolled
 
 @pytest.fixture(scope="module")
 def nl() -> Iterator[Any]:
-    from conftest import privileged_problem
+    from conftest import require_privileges
 
-    if privileged_problem() is not None:
-        pytest.skip(privileged_problem() or "")  # the autouse gate reports it (fails in CI)
+    require_privileges()
     from natlab import nat_lab
 
     # a server that drops unauthenticated packets, as in test_e2e_ssh.py, so "no answer" means silence

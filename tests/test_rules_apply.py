@@ -12,10 +12,9 @@ pytestmark = pytest.mark.privileged
 
 @pytest.fixture
 def sl() -> Iterator[Any]:
-    from conftest import privileged_problem
+    from conftest import require_privileges
 
-    if privileged_problem() is not None:
-        pytest.skip(privileged_problem() or "")
+    require_privileges()
     from stealthlab import stealth_lab
 
     with stealth_lab(server_id="apply", clients=("alice",), init_args=("--unauth", "drop")) as lab:

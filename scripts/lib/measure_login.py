@@ -2,7 +2,6 @@
 # same namespaces and the same run, so the two numbers are comparable. Results go to
 # benchmarks/login.json together with the command line that produced them.
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from stealthlab import stealth_lab
+from stealthlab import stealth_lab, write_results
 
 
 def main() -> int:
@@ -39,18 +38,14 @@ def main() -> int:
         for mode, v in times.items()
     }
     ratio = summary["stealth"]["median_ms"] / summary["direct"]["median_ms"]
-    doc = {
-        "command": " ".join(["scripts/measure-login", *sys.argv[1:]]),
+    write_results(args.out, {
         "machine": {"kernel": platform.release(), "python": platform.python_version(),
                     "cpus": __import__("os").cpu_count()},
         "what": "ssh -o ProxyCommand='stealth-connect %h %p' root@server true, against ssh -p 2222 "
                 "(same sshd, unprotected port), alternating, client and server in network namespaces",
         "results": summary,
         "median_ratio": round(ratio, 3),
-    }
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(doc, indent=1))
+    })
     return 0
 
 

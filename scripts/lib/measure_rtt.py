@@ -3,14 +3,13 @@
 # distributions with hping3 from an attacker namespace (interleaved, N probes each) so the gap is a
 # published number, and writes it with the command to benchmarks/rtt.json.
 import argparse
-import json
 import re
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from stealthlab import stealth_lab
+from stealthlab import stealth_lab, write_results
 
 RTT = re.compile(r"sport=(\d+) .*rtt=([0-9.]+) ms")
 
@@ -40,16 +39,12 @@ def main() -> int:
         for _ in range(args.rounds):  # interleave the two ports against drift
             rtts["protected_22"] += probe(sl, 22, per_round)
             rtts["unused_23"] += probe(sl, 23, per_round)
-    doc = {
-        "command": " ".join(["scripts/measure-rtt", *sys.argv[1:]]),
+    write_results(args.out, {
         "what": "hping3 -S RTT to the protected port (invalid SYN -> NFQUEUE -> REJECT tcp-reset) and to an "
                 "unused port (SYN -> NFQUEUE -> kernel RST: neighbours take the same trip), reset mode, "
                 "namespaces; hping3 reports RTT in 0.1 ms steps",
         "results": {k: summary(v) for k, v in rtts.items()},
-    }
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(doc, indent=1))
+    })
     return 0
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from netlab import Host, Lab, run
-from stealthlab import StealthLab
+from stealthlab import StealthLab, prepare
 
 CLIENT_NET = "203.0.113"
 ROUTER_LAN_IP = "198.51.100.254"
@@ -95,15 +95,7 @@ def nat_lab(server_id: str = "nat", ports: str = "22", mode: str = "plain",
     (name, extra add-client options) pairs, each with a profile imported for the server's IPv4 address."""
     with Lab(roles=("srv", "rtr")) as lab:
         router, client = build_nat(lab, mode)
-        ssh_dir = lab.tmp / "ssh"
-        ssh_dir.mkdir(mode=0o700)
-        for key in ("host_key", "user_key"):
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / key)])
-        (ssh_dir / "authorized_keys").write_text((ssh_dir / "user_key.pub").read_text())
-        sl = StealthLab(lab, lab.tmp / "server-state", ssh_dir)
-        sl.stealth("server", "init", "--state-dir", str(sl.state_dir), "--server-id", server_id,
-                   "--ports", ports, *init_args)
-        sl.start_sshd()
+        sl = prepare(lab, server_id, ports, init_args)
         for name, extra in clients:
             sl.enroll(name, ports, extra=extra, hosts=(sl.srv.ip4,))
         nl = NatLab(sl, router, client)

@@ -87,6 +87,13 @@ class StealthLab:
         self.server_log.append(err)
         return err
 
+    def counter(self, name: str) -> int:
+        """The last counter `name`'s client used (one key, one counter file)."""
+        import json
+
+        (path,) = (self.client_dirs[name] / "counters").glob("*.json")
+        return int(json.loads(path.read_text())["last_used"])
+
     def status(self) -> dict[str, Any]:
         import json
 
@@ -133,19 +140,25 @@ class StealthLab:
                             stdin=subprocess.DEVNULL)
 
 
+def prepare(lab: Lab, server_id: str, ports: str, init_args: Sequence[str]) -> StealthLab:
+    """Keys for sshd and the ssh user, an initialised stealth state directory and a running sshd."""
+    ssh_dir = lab.tmp / "ssh"
+    ssh_dir.mkdir(mode=0o700)
+    for key in ("host_key", "user_key"):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / key)])
+    (ssh_dir / "authorized_keys").write_text((ssh_dir / "user_key.pub").read_text())
+    sl = StealthLab(lab, lab.tmp / "server-state", ssh_dir)
+    sl.stealth("server", "init", "--state-dir", str(sl.state_dir), "--server-id", server_id,
+               "--ports", ports, *init_args)
+    sl.start_sshd()
+    return sl
+
+
 @contextlib.contextmanager
 def stealth_lab(server_id: str = "lab", ports: str = "22", clients: Sequence[str] = ("alice",),
                 start: bool = True, init_args: Sequence[str] = ()) -> Iterator[StealthLab]:
     with Lab() as lab:
-        ssh_dir = lab.tmp / "ssh"
-        ssh_dir.mkdir(mode=0o700)
-        for key in ("host_key", "user_key"):
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / key)])
-        (ssh_dir / "authorized_keys").write_text((ssh_dir / "user_key.pub").read_text())
-        sl = StealthLab(lab, lab.tmp / "server-state", ssh_dir)
-        sl.stealth("server", "init", "--state-dir", str(sl.state_dir), "--server-id", server_id,
-                   "--ports", ports, *init_args)
-        sl.start_sshd()
+        sl = prepare(lab, server_id, ports, init_args)
         for name in clients:
             sl.enroll(name, ports)
         try:
@@ -154,6 +167,32 @@ def stealth_lab(server_id: str = "lab", ports: str = "22", clients: Sequence[str
             yield sl
         finally:
             sl.stop_server()
+
+
+def nmap_states(attacker: Host, target: str, scan: str, ports: str, out: Path,
+                extra: Sequence[str] = ()) -> dict[int, tuple[str, str]]:
+    """nmap `scan` of `ports` from `attacker`: {port: (state, reason)}."""
+    import xml.etree.ElementTree as ET
+
+    attacker.run(["nmap", scan, *extra, "-Pn", "-n", "-T4", "--max-retries", "1", "--reason", "-p", ports,
+                  "-oX", str(out), target], timeout=180)
+    states = {}
+    for port in ET.parse(out).getroot().iter("port"):  # noqa: S314 -- nmap's output from our own run
+        state = port.find("state")
+        assert state is not None
+        states[int(port.get("portid", "0"))] = (state.get("state", ""), state.get("reason", ""))
+    return states
+
+
+def write_results(out: Path, doc: dict[str, Any]) -> None:
+    """A benchmark's figures, with the command line that produced them, as JSON (and echoed)."""
+    import json
+
+    doc = {"command": " ".join([f"scripts/{Path(sys.argv[0]).stem.replace('_', '-')}", *sys.argv[1:]]),
+           **doc}
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(doc, indent=1))
 
 
 def replies(packets: Sequence[Any], src: str, sport: int | None = None) -> list[Any]:
