@@ -46,6 +46,10 @@ class Decision:
     session_key: Secret | None = field(default=None, repr=False)
 
 
+# Drops are the common case (every junk packet): one shared, immutable Decision per reason.
+DROP = {reason: Decision(Verdict.DROP, reason) for reason in Reason}
+
+
 def _serial_after(a: int, b: int) -> bool:
     """RFC 1323 timestamp order: a is later than b (mod 2^32)."""
     return 0 < ((a - b) & 0xFFFFFFFF) < 0x80000000
@@ -59,15 +63,15 @@ class Gate:
     def receive(self, packet: bytes, now: float) -> Decision:
         syn = parse_syn(packet)
         if isinstance(syn, Reason):
-            return Decision(Verdict.DROP, syn)
+            return DROP[syn]
         entry = self.table.lookup(syn.dport, syn.isn, syn.sport)
         if entry is None:
-            return Decision(Verdict.DROP, Reason.UNKNOWN_TOKEN)
+            return DROP[Reason.UNKNOWN_TOKEN]
         bound = entry.client.spec.binding.source
         if bound is not None and bound != syn.src:
-            return Decision(Verdict.DROP, Reason.WRONG_SOURCE)
+            return DROP[Reason.WRONG_SOURCE]
         if not syn.checksum_ok():
-            return Decision(Verdict.DROP, Reason.BAD_CHECKSUM)
+            return DROP[Reason.BAD_CHECKSUM]
         if entry.spent:
             return self._retransmit(entry, syn, now)
         accepted = Accepted(syn.src, syn.dst, syn.sport, now, syn.tsval())
@@ -96,11 +100,11 @@ class Gate:
             or a.sport != syn.sport
             or now - a.at > self.grace_seconds
         ):
-            return Decision(Verdict.DROP, Reason.REPLAY)
+            return DROP[Reason.REPLAY]
         if a.tsval is not None:
             tsval = syn.tsval()
             if tsval is None or not _serial_after(tsval, a.tsval):
-                return Decision(Verdict.DROP, Reason.REPLAY)
+                return DROP[Reason.REPLAY]
             a.tsval = tsval
         name = entry.client.spec.name
         log = LogAccept(name, syn.dport, syn.src, syn.sport, entry.knock.counter, retransmit=True)
