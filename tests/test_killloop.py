@@ -510,10 +510,9 @@ def seed_from_env() -> int:
 
 
 def test_kill_loop_never_reuses_a_counter_nor_locks_out(capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import privileged_problem
+    from conftest import require_privileges
 
-    if privileged_problem() is not None:
-        pytest.skip(privileged_problem() or "")
+    require_privileges()
     seed = seed_from_env()
 
     def say(msg: str) -> None:
