@@ -2,16 +2,9 @@
 # IPv4 SYN (MSS, SACK-permitted, timestamps, window scale) with correct checksums. Built with struct only.
 import struct
 
+from stealth.core.packet import internet_checksum as _csum
+
 _OPTS = bytes([2, 4, 0x05, 0xB4, 4, 2, 8, 10]) + b"\0" * 8 + bytes([1, 3, 3, 7])
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def syn4(src: bytes, dst: bytes, sport: int, dport: int, isn: int, tsval: int = 1) -> bytes:
