@@ -44,6 +44,11 @@ DEFAULT_SYN_RATE_PER_SECOND: Final = 100
 DEFAULT_SYN_BURST: Final = 200
 GOOD_SOURCE_SECONDS: Final = 86400
 
+# Group commit: held knocks are made durable with one fsync when the queue drains, or sooner when this
+# many are waiting or the oldest has waited this long.
+GROUP_COMMIT_MAX: Final = 256
+GROUP_COMMIT_SECONDS: Final = 0.002
+
 # Server run loop.
 STATUS_INTERVAL_SECONDS: Final = 1.0
 RELOAD_POLL_SECONDS: Final = 1.0

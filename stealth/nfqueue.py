@@ -1,24 +1,50 @@
 # Why: the only import of netfilterqueue. It binds a queue with a socket buffer big enough for the
-# queue (or the library silently loses packets), hands each payload to a callback that returns
-# (accept?, mark), and turns any exception into a DROP: nothing a packet does may escape run().
+# queue (or the library silently loses packets), hands each payload to a callback that returns a
+# verdict, and turns any exception into a DROP: nothing a packet does may escape run().
+# Group commit: an accept that needs durable state first (a knock) is held back; when the queue is
+# drained, or GROUP_COMMIT_MAX knocks or GROUP_COMMIT_SECONDS have piled up, one commit() (one fsync)
+# covers them all, and only then do they get their accept verdicts (or drops, if the commit failed).
 import select
 import socket
+import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from stealth.constants import NFQUEUE_COPY_BYTES, NFQUEUE_MAX_LEN, NFQUEUE_SOCKET_BYTES_PER_PACKET
+from stealth.constants import (
+    GROUP_COMMIT_MAX,
+    GROUP_COMMIT_SECONDS,
+    NFQUEUE_COPY_BYTES,
+    NFQUEUE_MAX_LEN,
+    NFQUEUE_SOCKET_BYTES_PER_PACKET,
+)
 from stealth.errors import StealthError
 
-Handler = Callable[[bytes], int | None]  # payload -> mark to accept with (0: accept unmarked), None: drop
+
+@dataclass(frozen=True)
+class AfterCommit:
+    """Accept with `mark`, but only once commit() has made the state behind it durable."""
+
+    mark: int
+
+
+# payload -> mark to accept with (0: accept unmarked), AfterCommit(mark), or None: drop
+Handler = Callable[[bytes], "int | AfterCommit | None"]
 
 
 class Queue:
-    def __init__(self, queue_num: int, handler: Handler, on_error: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self, queue_num: int, handler: Handler, on_error: Callable[[BaseException], None],
+        commit: Callable[[], bool] = lambda: True,
+    ) -> None:
         from netfilterqueue import NetfilterQueue
 
         self._handler = handler
         self._on_error = on_error
+        self._commit = commit
+        self._held: list[tuple[Any, int]] = []
+        self._held_since = 0.0
         self._nfq: Any = NetfilterQueue()
         try:
             with warnings.catch_warnings():
@@ -38,26 +64,56 @@ class Queue:
 
     def _callback(self, pkt: Any) -> None:
         try:
-            mark = self._handler(pkt.get_payload())
+            verdict = self._handler(pkt.get_payload())
         except BaseException as e:  # noqa: BLE001 -- a packet must never stop the server
-            mark = None
+            verdict = None
             self._on_error(e)
         try:
-            if mark is None:
+            if verdict is None:
                 pkt.drop()
+            elif isinstance(verdict, AfterCommit):
+                if not self._held:
+                    self._held_since = time.monotonic()
+                self._held.append((pkt, verdict.mark))
             else:
-                if mark:
-                    pkt.set_mark(mark)
+                if verdict:
+                    pkt.set_mark(verdict)
                 pkt.accept()
         except BaseException as e:  # noqa: BLE001
             self._on_error(e)
+        if self._held and (
+            len(self._held) >= GROUP_COMMIT_MAX or time.monotonic() - self._held_since >= GROUP_COMMIT_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit once, then give every held packet its verdict: accept if committed, else drop."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        try:
+            ok = self._commit()
+        except BaseException as e:  # noqa: BLE001
+            ok = False
+            self._on_error(e)
+        for pkt, mark in held:
+            try:
+                if ok:
+                    pkt.set_mark(mark)
+                    pkt.accept()
+                else:
+                    pkt.drop()
+            except BaseException as e:  # noqa: BLE001
+                self._on_error(e)
 
     def poll(self, timeout: float) -> None:
         """Handle every queued packet, waiting up to `timeout` seconds for the first one."""
         ready, _, _ = select.select([self._sock], [], [], timeout)
         if ready:
             self._nfq.run(block=False)
+        self.flush()
 
     def close(self) -> None:
+        self.flush()
         self._nfq.unbind()
         self._sock.detach()

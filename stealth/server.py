@@ -17,7 +17,7 @@ from stealth.core.packet import Reason
 from stealth.core.table import TokenTable
 from stealth.errors import StealthError
 from stealth.firewall import RuleConfig, available_families, host_unused_port_mode, install, remove
-from stealth.nfqueue import Queue
+from stealth.nfqueue import AfterCommit, Queue
 from stealth.server_state import Enrolled, ServerConfig, ServerState
 from stealth.store import locked
 
@@ -56,6 +56,8 @@ class Server:
         self.reload_error: str | None = None
         self._clients_stamp: tuple[int, int, int] | None = None
         self.reset_families: set[int] = set()
+        self._pending: list[PersistCounter | LogAccept] = []
+        self._dirty = False
         self.good_list: str | None = None
 
     # --- packet path -------------------------------------------------------------------------------
@@ -64,28 +66,41 @@ class Server:
         filter chain, whose REJECT makes the kernel's own closed-port RST."""
         return NO_MARK if payload and (payload[0] >> 4) in self.reset_families else None
 
-    def handle(self, payload: bytes) -> int | None:
+    def handle(self, payload: bytes) -> int | AfterCommit | None:
         decision = self.gate.receive(payload, time.monotonic())
         if decision.verdict is Verdict.DROP:
             self.counts[decision.reason] += 1
             return self.reject(payload)
         for command in decision.commands:
             if isinstance(command, PersistCounter):
-                try:
-                    self._persist(command)
-                except StealthError as e:
-                    log.error("cannot persist counter, dropping the knock: %s", e)
-                    self.counts[Reason.PERSIST_FAILED] += 1
-                    return None
+                self.counters[self.clients[command.client].enrollment] = command.counter
+                self._dirty = True
+            self._pending.append(command)
+        self.counts[decision.reason] += 1
+        return AfterCommit(self.config.mark)  # every accept waits until its counter is durable
+
+    def commit(self) -> bool:
+        """Make the held knocks' counters durable with one write and fsync; then log them and exempt
+        their sources from the rate limit. False (the knocks get dropped) when the write fails."""
+        pending, self._pending = self._pending, []
+        if self._dirty:
+            try:
+                self.state.save_counters(self.counters)
+            except StealthError as e:
+                log.error("cannot persist counters, dropping %d knock(s): %s", len(pending), e)
+                self.counts[Reason.PERSIST_FAILED] += len(pending)
+                return False
+            self._dirty = False
+        for command in pending:
+            if isinstance(command, PersistCounter):
                 self._remember_source(command)
-            elif isinstance(command, LogAccept):
+            else:
                 log.info(
                     "accept client=%s port=%d src=[%s]:%d counter=%d%s", command.client, command.dport,
                     format_addr(command.src), command.sport, command.counter,
                     " retransmit" if command.retransmit else "",
                 )
-        self.counts[decision.reason] += 1
-        return self.config.mark
+        return True
 
     def _remember_source(self, command: PersistCounter) -> None:
         """Exempt a source that knocked successfully from the per-prefix SYN rate limit."""
@@ -96,11 +111,6 @@ class Server:
                 f.write(f"+{format_addr(command.src)}\n")
         except OSError as e:
             log.debug("cannot add to %s: %s", self.good_list, e)
-
-    def _persist(self, command: PersistCounter) -> None:
-        enrolled = self.clients[command.client]
-        self.counters[enrolled.enrollment] = command.counter
-        self.state.save_counters(self.counters)
 
     def on_error(self, error: BaseException) -> None:
         self.counts[Reason.INTERNAL_ERROR] += 1
@@ -163,7 +173,7 @@ class Server:
             rules = {f: self.rule_config(f) for f in families}
             self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
             self.good_list = f"/proc/net/xt_recent/{rules[4].good_list}"
-            queue = Queue(self.queue_num, self.handle, self.on_error)
+            queue = Queue(self.queue_num, self.handle, self.on_error, self.commit)
             previous = self._install_signals()
             try:
                 install(rules)
