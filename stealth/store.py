@@ -18,7 +18,10 @@ from stealth.constants import SECRET_FILE_MODE
 from stealth.errors import ConfigError
 
 
-def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE, durable: bool = True) -> None:
+    """Replace `path` atomically: temp file, fsync, rename, so a crash leaves the old or the new
+    content, never a torn file. `durable` also fsyncs the directory so the new content is the one that
+    survives; only pure diagnostics may skip that (after a crash they may read the old content)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -32,11 +35,12 @@ def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        if durable:
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -88,8 +92,8 @@ def read_json(path: Path) -> Any:
         raise ConfigError(path, f"invalid JSON: {e}") from None
 
 
-def write_json(path: Path, doc: Any) -> None:
-    atomic_write(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+def write_json(path: Path, doc: Any, durable: bool = True) -> None:
+    atomic_write(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), durable=durable)
 
 
 def ensure_dir(path: Path) -> None:

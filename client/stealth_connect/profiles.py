@@ -100,4 +100,5 @@ def record_success(path: Path, counter: int) -> None:
     with locked(path.with_suffix(".lock")):
         state = read_counter(path)
         if counter > state.last_ok:
-            write_json(path, {"last_used": max(state.last_used, counter), "last_ok": counter})
+            # last_ok only feeds the out-of-window diagnosis; last_used was made durable before the SYN
+            write_json(path, {"last_used": max(state.last_used, counter), "last_ok": counter}, durable=False)
