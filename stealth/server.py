@@ -3,10 +3,10 @@
 # bound and removed on SIGTERM/SIGINT, clients reloaded on SIGHUP or when clients.toml changes, drop
 # counts published to status.json. Unauthenticated packets are counted, never logged above DEBUG.
 import collections
-import ipaddress
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -26,7 +26,7 @@ NO_MARK = 0  # accept without setting a mark: the filter chain treats the packet
 
 
 def format_addr(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
+    return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
 
 
 def build_table(config: ServerConfig, clients: dict[str, Enrolled], counters: dict[str, int]) -> TokenTable:
@@ -58,7 +58,7 @@ class Server:
         self.reset_families: set[int] = set()
         self._pending: list[PersistCounter | LogAccept] = []
         self._dirty = False
-        self.good_list: str | None = None
+        self.good_list_fd: int | None = None
 
     # --- packet path -------------------------------------------------------------------------------
     def reject(self, payload: bytes) -> int | None:
@@ -104,13 +104,12 @@ class Server:
 
     def _remember_source(self, command: PersistCounter) -> None:
         """Exempt a source that knocked successfully from the per-prefix SYN rate limit."""
-        if self.good_list is None or command.src is None:
+        if self.good_list_fd is None or command.src is None:
             return
-        try:
-            with open(self.good_list, "w") as f:
-                f.write(f"+{format_addr(command.src)}\n")
+        try:  # one write() per entry on the /proc file kept open since start
+            os.write(self.good_list_fd, f"+{format_addr(command.src)}\n".encode())
         except OSError as e:
-            log.debug("cannot add to %s: %s", self.good_list, e)
+            log.debug("cannot add to the rate-limit exemption list: %s", e)
 
     def on_error(self, error: BaseException) -> None:
         self.counts[Reason.INTERNAL_ERROR] += 1
@@ -172,12 +171,16 @@ class Server:
             families = available_families()
             rules = {f: self.rule_config(f) for f in families}
             self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
-            self.good_list = f"/proc/net/xt_recent/{rules[4].good_list}"
+            good_list = f"/proc/net/xt_recent/{rules[4].good_list}"
             queue = Queue(self.queue_num, self.handle, self.on_error, self.commit)
             previous = self._install_signals()
             try:
                 install(rules)
                 self.state.write_status({**self.status(families), "running": True})
+                try:
+                    self.good_list_fd = os.open(good_list, os.O_WRONLY)
+                except OSError as e:
+                    log.warning("no rate-limit exemption list (%s): %s", good_list, e)
                 try:
                     modes = ",".join(f"{'ipv4' if f == 4 else 'ipv6'}:{r.mode}" for f, r in rules.items())
                     ready(
@@ -186,6 +189,10 @@ class Server:
                     )
                     self._loop(queue, families)
                 finally:
+                    queue.flush()
+                    if self.good_list_fd is not None:
+                        os.close(self.good_list_fd)
+                        self.good_list_fd = None
                     if not self.keep_rules:
                         remove(rules)
             finally:
