@@ -70,7 +70,7 @@ def snapshot(gate: Gate) -> Any:
     """Everything in the table an outsider's packet could change."""
     t = gate.table
     entries = {
-        k: (e.client.spec.name, e.knock.counter, e.spent, repr(e.accepted)) for k, e in t.entries.items()
+        k: (e.client.spec.name, e.counter, e.spent, repr(e.accepted)) for k, e in t.entries.items()
     }
     return entries, {n: (c.last, sorted(c.keys)) for n, c in t.clients.items()}
 

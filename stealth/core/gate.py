@@ -8,6 +8,7 @@ from stealth.constants import RETRANSMIT_GRACE_SECONDS
 from stealth.core.packet import Reason, Syn, parse_syn
 from stealth.core.secret import Secret
 from stealth.core.table import Accepted, Entry, TokenTable
+from stealth.core.token import session_key
 
 
 class Verdict(enum.Enum):
@@ -50,6 +51,11 @@ class Decision:
 DROP = {reason: Decision(Verdict.DROP, reason) for reason in Reason}
 
 
+def _session(entry: Entry) -> Secret:
+    spec = entry.client.spec
+    return session_key(spec.key, spec.binding, entry.dport, entry.counter)
+
+
 def _serial_after(a: int, b: int) -> bool:
     """RFC 1323 timestamp order: a is later than b (mod 2^32)."""
     return 0 < ((a - b) & 0xFFFFFFFF) < 0x80000000
@@ -85,7 +91,7 @@ class Gate:
                 LogAccept(name, syn.dport, syn.src, syn.sport, counter, retransmit=False),
             ),
             client=name,
-            session_key=entry.knock.session_key,
+            session_key=_session(entry),
         )
 
     def _retransmit(self, entry: Entry, syn: Syn, now: float) -> Decision:
@@ -107,7 +113,5 @@ class Gate:
                 return DROP[Reason.REPLAY]
             a.tsval = tsval
         name = entry.client.spec.name
-        log = LogAccept(name, syn.dport, syn.src, syn.sport, entry.knock.counter, retransmit=True)
-        return Decision(
-            Verdict.ACCEPT, Reason.RETRANSMIT, (log,), client=name, session_key=entry.knock.session_key
-        )
+        log = LogAccept(name, syn.dport, syn.src, syn.sport, entry.counter, retransmit=True)
+        return Decision(Verdict.ACCEPT, Reason.RETRANSMIT, (log,), client=name, session_key=_session(entry))

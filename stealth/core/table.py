@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from stealth.constants import COUNTER_MAX, DEFAULT_WINDOW, MAX_WINDOW
 from stealth.core.secret import Secret
-from stealth.core.token import Binding, Knock, derive
+from stealth.core.token import Binding, wire
 
 _PORTLESS = 1 << 64
 
@@ -30,7 +30,7 @@ class ClientSpec:
     ports: tuple[int, ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class Accepted:
     """The connection an accepted token opened: retransmissions of exactly this SYN may pass."""
 
@@ -41,10 +41,13 @@ class Accepted:
     tsval: int | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
+    """One (client, counter, port) token in the table. The session key is derived only on accept."""
+
     client: "ClientState"
-    knock: Knock
+    counter: int
+    dport: int
     spent: bool = False
     accepted: Accepted | None = None
 
@@ -115,7 +118,7 @@ class TokenTable:
     def consume(self, entry: Entry, accepted: Accepted) -> int:
         """Spend entry's counter and every lower one; refill the window. Returns the new last counter."""
         state = entry.client
-        counter = entry.knock.counter
+        counter = entry.counter
         assert not entry.spent and counter > state.last
         entry.accepted = accepted
         old_last = state.last
@@ -137,13 +140,10 @@ class TokenTable:
                 continue
             keys = []
             for dport in spec.ports:
-                knock = derive(spec.key, spec.binding, dport, counter)
-                if knock.sport is None:
-                    k = portless_key(dport, knock.isn)
-                else:
-                    k = port_key(dport, knock.isn, knock.sport)
+                isn, sport = wire(spec.key, spec.binding, dport, counter)
+                k = portless_key(dport, isn) if sport is None else port_key(dport, isn, sport)
                 if k in self.entries:  # a 2^-46 collision with another client: first one keeps it
                     continue
-                self.entries[k] = Entry(state, knock, spent=counter < spent_below)
+                self.entries[k] = Entry(state, counter, dport, spent=counter < spent_below)
                 keys.append(k)
             state.keys[counter] = keys

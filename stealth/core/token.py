@@ -104,15 +104,22 @@ def key_id(key: Secret) -> str:
     return mac(key, KEY_ID_PERSON, b"", 8).hex()
 
 
+def wire(key: Secret, binding: Binding, dport: int, counter: int) -> tuple[int, int | None]:
+    """The token's wire image only: (ISN, source port or None). What the server's table precomputes."""
+    token = mac(key, TOKEN_PERSON, token_input(binding, dport, counter), TOKEN_DIGEST_BYTES)
+    word0, word1 = struct.unpack_from("!II", token)
+    return 1 + word0 % ISN_MODULUS, binding.ports.port(word1) if binding.port_bits else None
+
+
+def session_key(key: Secret, binding: Binding, dport: int, counter: int) -> Secret:
+    """The session key for one counter and destination port (derived on demand, e.g. on accept)."""
+    return Secret(mac(key, SESSION_PERSON, token_input(binding, dport, counter), SESSION_KEY_BYTES))
+
+
 def derive(key: Secret, binding: Binding, dport: int, counter: int) -> Knock:
     """Token -> (ISN, source port) and the session key, for one counter and destination port."""
-    data = token_input(binding, dport, counter)
-    token = mac(key, TOKEN_PERSON, data, TOKEN_DIGEST_BYTES)
-    session = mac(key, SESSION_PERSON, data, SESSION_KEY_BYTES)
-    word0, word1 = struct.unpack_from("!II", token)
-    isn = 1 + word0 % ISN_MODULUS
-    sport = binding.ports.port(word1) if binding.port_bits else None
-    return Knock(counter=counter, dport=dport, isn=isn, sport=sport, session_key=Secret(session))
+    isn, sport = wire(key, binding, dport, counter)
+    return Knock(counter, dport, isn, sport, session_key(key, binding, dport, counter))
 
 
 def token_bits(binding: Binding) -> float:
