@@ -162,18 +162,20 @@ def resync(name: str, counter: int, state_dir: Path) -> None:
 @state_dir_option
 @click.option("--queue", default=None, type=click.IntRange(0, 65535),
               help="NFQUEUE number (default: server.toml).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes, one NFQUEUE each (--queue-balance); a token still passes only once.")
 @click.option("--keep-rules-on-exit", is_flag=True,
               help="Leave the rules in place on exit, so protected ports stay closed while stopped.")
 @click.option("-v", "--verbose", count=True, help="-v: debug logging.")
 @reports_errors
-def run(state_dir: Path, queue: int | None, keep_rules_on_exit: bool, verbose: int) -> None:
+def run(state_dir: Path, queue: int | None, workers: int, keep_rules_on_exit: bool, verbose: int) -> None:
     """Run the server in the foreground. Prints one 'ready' line once its rules are in place."""
     from stealth.server import Server
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="stealth: %(message)s", stream=sys.stderr
     )
-    srv = Server(ServerState(state_dir), queue, keep_rules_on_exit)
+    srv = Server(ServerState(state_dir), queue, keep_rules_on_exit, workers)
 
     def ready(line: str) -> None:
         click.echo(f"stealth: {line}")

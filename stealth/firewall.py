@@ -42,6 +42,7 @@ class RuleConfig:
     prefix_v4: int = 24
     prefix_v6: int = 64
     good_seconds: int = GOOD_SOURCE_SECONDS
+    workers: int = 1  # queues queue .. queue+workers-1, spread by flow (--queue-balance)
 
     def __post_init__(self) -> None:
         if self.mode not in UNAUTH_MODES:
@@ -50,6 +51,10 @@ class RuleConfig:
     @property
     def chain(self) -> str:
         return f"STEALTH-{self.queue}"
+
+    @property
+    def queue_spec(self) -> str:
+        return str(self.queue) if self.workers == 1 else f"{self.queue}:{self.queue + self.workers - 1}"
 
     @property
     def good_list(self) -> str:
@@ -86,7 +91,8 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int) -> list[str]:
             f"-A {ch} -p tcp -m multiport ! --dports {ports} -m socket -j RETURN",
         ]
     if table == "mangle":
-        queue = f"-j NFQUEUE --queue-num {cfg.queue}"
+        queue = (f"-j NFQUEUE --queue-num {cfg.queue}" if cfg.workers == 1
+                 else f"-j NFQUEUE --queue-balance {cfg.queue_spec}")
         prefix = cfg.prefix_v4 if family == 4 else cfg.prefix_v6
         body = [
             f"-A {ch} -m connmark --mark {mark} -j ACCEPT",

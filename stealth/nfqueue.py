@@ -36,13 +36,13 @@ Handler = Callable[[bytes], "int | AfterCommit | None"]
 class Queue:
     def __init__(
         self, queue_num: int, handler: Handler, on_error: Callable[[BaseException], None],
-        commit: Callable[[], bool] = lambda: True,
+        commit: Callable[[], list[bool]] | None = None,
     ) -> None:
         from netfilterqueue import NetfilterQueue
 
         self._handler = handler
         self._on_error = on_error
-        self._commit = commit
+        self._commit = commit or (lambda: [True] * len(self._held))
         self._held: list[tuple[Any, int]] = []
         self._held_since = 0.0
         self._nfq: Any = NetfilterQueue()
@@ -87,16 +87,19 @@ class Queue:
             self.flush()
 
     def flush(self) -> None:
-        """Commit once, then give every held packet its verdict: accept if committed, else drop."""
+        """Commit once, then give every held packet its verdict: commit() returns one bool per held
+        packet, in order (accept if True, else drop)."""
         if not self._held:
             return
-        held, self._held = self._held, []
         try:
-            ok = self._commit()
+            verdicts = self._commit()
         except BaseException as e:  # noqa: BLE001
-            ok = False
+            verdicts = []
             self._on_error(e)
-        for pkt, mark in held:
+        held, self._held = self._held, []
+        if len(verdicts) != len(held):
+            verdicts = [False] * len(held)
+        for (pkt, mark), ok in zip(held, verdicts, strict=True):
             try:
                 if ok:
                     pkt.set_mark(mark)

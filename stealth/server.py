@@ -3,6 +3,7 @@
 # bound and removed on SIGTERM/SIGINT, clients reloaded on SIGHUP or when clients.toml changes, drop
 # counts published to status.json. Unauthenticated packets are counted, never logged above DEBUG.
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from stealth.server_state import Enrolled, ServerConfig, ServerState
 from stealth.store import locked
 
 log = logging.getLogger("stealth.server")
+PendingAccept = tuple[PersistCounter | None, LogAccept | None]
 NO_MARK = 0  # accept without setting a mark: the filter chain treats the packet as unauthenticated
 
 
@@ -41,11 +43,15 @@ def sync_table(table: TokenTable, clients: dict[str, Enrolled], counters: dict[s
 
 
 class Server:
-    def __init__(self, state: ServerState, queue: int | None = None, keep_rules: bool = False) -> None:
+    def __init__(
+        self, state: ServerState, queue: int | None = None, keep_rules: bool = False, workers: int = 1
+    ) -> None:
         self.state = state
         self.config = state.load_config()
         self.queue_num = self.config.queue if queue is None else queue
         self.keep_rules = keep_rules
+        self.workers = workers
+        self.worker: int | None = None  # index of this worker process, None in the parent
         self.counts: collections.Counter[str] = collections.Counter()
         self.clients: dict[str, Enrolled] = {}
         self.counters: dict[str, int] = {}
@@ -56,7 +62,7 @@ class Server:
         self.reload_error: str | None = None
         self._clients_stamp: tuple[int, int, int] | None = None
         self.reset_families: set[int] = set()
-        self._pending: list[PersistCounter | LogAccept] = []
+        self._pending: list[PendingAccept] = []
         self._dirty = False
         self.good_list_fd: int | None = None
 
@@ -71,36 +77,66 @@ class Server:
         if decision.verdict is Verdict.DROP:
             self.counts[decision.reason] += 1
             return self.reject(payload)
-        for command in decision.commands:
-            if isinstance(command, PersistCounter):
-                self.counters[self.clients[command.client].enrollment] = command.counter
-                self._dirty = True
-            self._pending.append(command)
+        persist = next((c for c in decision.commands if isinstance(c, PersistCounter)), None)
+        logline = next((c for c in decision.commands if isinstance(c, LogAccept)), None)
+        if persist is not None:
+            self.counters[self.clients[persist.client].enrollment] = persist.counter
+            self._dirty = True
         self.counts[decision.reason] += 1
+        self._pending.append((persist, logline))  # last: one record per held packet, in order
         return AfterCommit(self.config.mark)  # every accept waits until its counter is durable
 
-    def commit(self) -> bool:
-        """Make the held knocks' counters durable with one write and fsync; then log them and exempt
-        their sources from the rate limit. False (the knocks get dropped) when the write fails."""
+    def commit(self) -> list[bool]:
+        """Make the held knocks' counters durable with one write and fsync, then log them and exempt
+        their sources from the rate limit. One verdict per held knock: False (drop) when the write fails
+        or, with several workers, when another worker already accepted that counter or a later one."""
         pending, self._pending = self._pending, []
-        if self._dirty:
-            try:
+        ok = [True] * len(pending)
+        try:
+            if self.workers > 1:
+                with locked(self.state.counters_lock):
+                    self._merge_with_disk(pending, ok)
+                    self.state.save_counters(self.counters)
+            elif self._dirty:
                 self.state.save_counters(self.counters)
-            except StealthError as e:
-                log.error("cannot persist counters, dropping %d knock(s): %s", len(pending), e)
-                self.counts[Reason.PERSIST_FAILED] += len(pending)
-                return False
             self._dirty = False
-        for command in pending:
-            if isinstance(command, PersistCounter):
-                self._remember_source(command)
-            else:
+        except StealthError as e:
+            log.error("cannot persist counters, dropping %d knock(s): %s", len(pending), e)
+            self.counts[Reason.PERSIST_FAILED] += len(pending)
+            return [False] * len(pending)
+        for good, (persist, logline) in zip(ok, pending, strict=True):
+            if not good:
+                continue
+            if persist is not None:
+                self._remember_source(persist)
+            if logline is not None:
                 log.info(
-                    "accept client=%s port=%d src=[%s]:%d counter=%d%s", command.client, command.dport,
-                    format_addr(command.src), command.sport, command.counter,
-                    " retransmit" if command.retransmit else "",
+                    "accept client=%s port=%d src=[%s]:%d counter=%d%s", logline.client, logline.dport,
+                    format_addr(logline.src), logline.sport, logline.counter,
+                    " retransmit" if logline.retransmit else "",
                 )
-        return True
+        return ok
+
+    def _merge_with_disk(self, pending: list["PendingAccept"], ok: list[bool]) -> None:
+        """Under the counters lock: a counter another worker already made durable (the same or a later
+        one) loses; the rest advance the file. Our table learns the other workers' accepts."""
+        disk = self.state.load_counters()
+        for i, (persist, _) in enumerate(pending):
+            if persist is None:
+                continue
+            enrollment = self.clients[persist.client].enrollment
+            if disk.get(enrollment, 0) >= persist.counter:
+                ok[i] = False
+                self.counts[Reason.VALID] -= 1
+                self.counts[Reason.REPLAY] += 1
+            else:
+                disk[enrollment] = persist.counter
+        ids = {e.enrollment: name for name, e in self.clients.items()}
+        self.counters = {k: max(v, self.counters.get(k, 0)) for k, v in disk.items() if k in ids}
+        for enrollment, value in self.counters.items():
+            state = self.table.clients.get(ids[enrollment])
+            if state is not None and value > state.last:
+                self.table.add(state.spec, value)
 
     def _remember_source(self, command: PersistCounter) -> None:
         """Exempt a source that knocked successfully from the per-prefix SYN rate limit."""
@@ -162,7 +198,7 @@ class Server:
         mode = host_unused_port_mode(family, chain) if c.unauth == "auto" else c.unauth
         return RuleConfig(
             self.queue_num, c.ports, c.mark, mode, c.syn_rate_per_second, c.syn_burst, c.prefix_v4,
-            c.prefix_v6,
+            c.prefix_v6, workers=self.workers,
         )
 
     def run(self, ready: Callable[[str], None]) -> None:
@@ -172,34 +208,146 @@ class Server:
             rules = {f: self.rule_config(f) for f in families}
             self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
             good_list = f"/proc/net/xt_recent/{rules[4].good_list}"
-            queue = Queue(self.queue_num, self.handle, self.on_error, self.commit)
+            queue = None
+            if self.workers == 1:
+                queue = Queue(self.queue_num, self.handle, self.on_error, self.commit)
             previous = self._install_signals()
+            children: dict[int, int] = {}
             try:
-                install(rules)
+                install(rules)  # until the workers bind their queues, SYNs are dropped: fail closed
                 self.state.write_status({**self.status(families), "running": True})
                 try:
                     self.good_list_fd = os.open(good_list, os.O_WRONLY)
                 except OSError as e:
                     log.warning("no rate-limit exemption list (%s): %s", good_list, e)
                 try:
+                    if queue is None:
+                        children = self._start_workers(families)
                     modes = ",".join(f"{'ipv4' if f == 4 else 'ipv6'}:{r.mode}" for f, r in rules.items())
+                    queues = rules[4].queue_spec.replace(":", "-")
                     ready(
-                        f"ready queue={self.queue_num} ports={','.join(map(str, self.config.ports))} "
-                        f"clients={len(self.clients)} unauth={modes}"
+                        f"ready queue={queues} ports={','.join(map(str, self.config.ports))} "
+                        f"clients={len(self.clients)} unauth={modes} workers={self.workers}"
                     )
-                    self._loop(queue, families)
+                    if queue is not None:
+                        self._loop(queue, families)
+                    else:
+                        self._supervise(children, families)
                 finally:
-                    queue.flush()
+                    if queue is not None:
+                        queue.flush()
+                    self._stop_workers(children)
                     if self.good_list_fd is not None:
                         os.close(self.good_list_fd)
                         self.good_list_fd = None
                     if not self.keep_rules:
                         remove(rules)
             finally:
-                queue.close()
+                if queue is not None:
+                    queue.close()
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
                 self.state.write_status({**self.status(families), "running": False})
+
+    # --- several worker processes (--workers N, NFQUEUE --queue-balance) ---------------------------------
+    def _start_workers(self, families: list[int]) -> dict[int, int]:
+        """Fork one worker per queue; each binds its queue and reports over a pipe. Returns pid -> index."""
+        children: dict[int, int] = {}
+        for index in range(self.workers):
+            pid, report = self._fork_worker(index, families)
+            children[pid] = index
+            if report != b"ok":
+                self._stop_workers(children)
+                raise StealthError(report.decode(errors="replace") or f"worker {index} died while starting")
+        return children
+
+    def _fork_worker(self, index: int, families: list[int]) -> tuple[int, bytes]:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the parent's code (and its rule cleanup)
+            code = 1
+            try:
+                os.close(rfd)
+                code = self._worker_main(index, wfd, families)
+            except BaseException as e:  # noqa: BLE001
+                log.error("worker %d failed: %s", index, e)
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as r:
+            return pid, r.read()
+
+    def _worker_main(self, index: int, report_fd: int, families: list[int]) -> int:
+        self.worker = index
+        self.stop = False
+        self.counts.clear()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and tells us with SIGTERM
+        try:
+            queue = Queue(self.queue_num + index, self.handle, self.on_error, self.commit)
+        except StealthError as e:
+            os.write(report_fd, str(e).encode())
+            os.close(report_fd)
+            return 1
+        os.write(report_fd, b"ok")
+        os.close(report_fd)
+        try:
+            self._loop(queue, families)
+            queue.flush()
+        finally:
+            queue.close()
+        return 0
+
+    def _supervise(self, children: dict[int, int], families: list[int]) -> None:
+        """Parent: restart a worker that dies; publish the workers' summed counts in status.json."""
+        next_status = 0.0
+        while not self.stop:
+            time.sleep(0.2)
+            for pid, index in list(children.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    log.error("worker %d exited (status %d); restarting it", index, status)
+                    del children[pid]
+                    children.update(self._restart_worker(index, families))
+            if self.reload_requested:
+                self.reload_requested = False
+                for pid in children:
+                    os.kill(pid, signal.SIGHUP)
+            if time.monotonic() >= next_status:
+                self._publish_worker_status(families)
+                next_status = time.monotonic() + STATUS_INTERVAL_SECONDS
+
+    def _restart_worker(self, index: int, families: list[int]) -> dict[int, int]:
+        self.load()  # fresh clients and counters from disk before the new worker forks
+        pid, report = self._fork_worker(index, families)
+        if report != b"ok":
+            log.error("worker %d could not restart: %s", index, report.decode(errors="replace"))
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            return {}
+        return {pid: index}
+
+    def _publish_worker_status(self, families: list[int]) -> None:
+        counts: collections.Counter[str] = collections.Counter()
+        for index in range(self.workers):
+            try:
+                doc = self.state.read_json_status(index)
+            except StealthError:
+                continue
+            counts.update((doc or {}).get("counts", {}))
+        self.counts = counts
+        try:
+            self.state.write_status({**self.status(families), "running": True})
+        except StealthError as e:
+            log.warning("cannot write status: %s", e)
+
+    def _stop_workers(self, children: dict[int, int]) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        children.clear()
 
     def _loop(self, queue: Queue, families: list[int]) -> None:
         next_status = next_reload = 0.0
@@ -211,7 +359,7 @@ class Server:
                 next_reload = now + RELOAD_POLL_SECONDS
             if now >= next_status:
                 try:
-                    self.state.write_status({**self.status(families), "running": True})
+                    self.state.write_status({**self.status(families), "running": True}, self.worker)
                 except StealthError as e:
                     log.warning("cannot write status: %s", e)
                 next_status = now + STATUS_INTERVAL_SECONDS

@@ -69,6 +69,7 @@ class ServerState:
         self.clients_path = self.dir / "clients.toml"
         self.counters_path = self.dir / "counters.json"
         self.status_path = self.dir / "status.json"
+        self.counters_lock = self.dir / "counters.lock"
         self.admin_lock = self.dir / "admin.lock"
         self.run_lock = self.dir / "run.lock"
 
@@ -194,8 +195,16 @@ class ServerState:
     def save_counters(self, counters: dict[str, int]) -> None:
         write_json(self.counters_path, counters)
 
-    def write_status(self, status: dict[str, Any]) -> None:
-        write_json(self.status_path, {**status, "written_at": time.time()})
+    def write_status(self, status: dict[str, Any], worker: int | None = None) -> None:
+        path = self.status_path if worker is None else self.dir / f"status.w{worker}.json"
+        write_json(path, {**status, "written_at": time.time()})
+
+    def read_json_status(self, worker: int) -> dict[str, Any] | None:
+        path = self.dir / f"status.w{worker}.json"
+        if not path.exists():
+            return None
+        doc = read_json(path)
+        return doc if isinstance(doc, dict) else None
 
     def read_status(self) -> dict[str, Any] | None:
         if not self.status_path.exists():
