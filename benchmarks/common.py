@@ -109,14 +109,15 @@ class QueueCounters:
     id_sequence: int  # ids handed out so far: every packet that entered the queue, kept or dropped
 
 
-def queue_counters(ns: str, queue: int) -> QueueCounters | None:
+def queue_counters(ns: str, queue: int, span: int = 8) -> QueueCounters | None:
+    """Counters of queue .. queue+span-1 summed (several workers each bind one), or None if none."""
     text = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/netfilter/nfnetlink_queue"],
                           capture_output=True, text=True, check=False).stdout
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) >= 8 and int(f[0]) == queue:
-            return QueueCounters(int(f[0]), int(f[2]), int(f[5]), int(f[6]), int(f[7]))
-    return None
+    rows = [[int(x) for x in line.split()[:8]] for line in text.splitlines() if len(line.split()) >= 8]
+    rows = [f for f in rows if queue <= f[0] < queue + span]
+    if not rows:
+        return None
+    return QueueCounters(queue, *(sum(f[i] for f in rows) for i in (2, 5, 6, 7)))
 
 
 def cpu_times() -> list[tuple[int, int]]:

@@ -73,10 +73,13 @@ class BenchLab:
         assert self.sl.server_proc is not None
         return self.sl.server_proc.pid
 
-    def start_server(self) -> None:
-        self.sl.start_server()
-        # the server on core 1, the sender (and the softirq work it drives) on core 0
-        run(["taskset", "-a", "-pc", "1", str(self.server_pid())])
+    def start_server(self, workers: int = 1) -> None:
+        if workers == 1:
+            self.sl.start_server()
+            # the server on core 1, the sender (and the softirq work it drives) on core 0
+            run(["taskset", "-a", "-pc", "1", str(self.server_pid())])
+        else:
+            self.sl.start_server(["--workers", str(workers)])  # the kernel places the workers
 
     def stop_server(self) -> None:
         self.sl.stop_server()

@@ -251,5 +251,17 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
             fout, _ = flood.communicate(timeout=60)
             if mode != "junk":
                 runner.offset = int(json.loads(fout)["next_offset"])
+    # two worker processes (--workers 2: NFQUEUE --queue-balance 50:51), unpinned; the sender stays on
+    # core 0, so on a 2-core machine the workers share cores with it
+    print("bench: verify: stealth server, junk, 2 workers", file=sys.stderr, flush=True)
+    bl.stop_server()
+    bl.start_server(workers=2)
+    runner.consumer_pid = bl.server_pid()
+    out["junk_2_workers"] = runner.search("junk", 0, steps)
+    one = max(1, out["junk"]["processed_pps_at_saturation"])
+    out["junk_2_workers"]["scaling_vs_1_worker"] = round(
+        out["junk_2_workers"]["processed_pps_at_saturation"] / one, 2)
+    bl.stop_server()
+    bl.start_server()
     out["tokens_used"] = runner.offset
     return out
