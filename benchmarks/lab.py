@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import Host, Lab, LabError, run, wait_for
+from netlab import Host, Lab, LabError, Roles, run, wait_for
 from stealthlab import StealthLab
 
 from benchmarks.common import BUILD, ROOT, note_command
@@ -44,7 +44,7 @@ while True:
 
 
 @dataclass
-class BenchLab:
+class BenchLab(Roles):
     lab: Lab
     sl: StealthLab
     bench_clients: list[BenchClient]
@@ -52,18 +52,6 @@ class BenchLab:
     tmp: Path
     fwknop_rc: Path = Path("/dev/null")
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def srv(self) -> Host:
-        return self.lab["srv"]
-
-    @property
-    def cli(self) -> Host:
-        return self.lab["cli"]
-
-    @property
-    def atk(self) -> Host:
-        return self.lab["atk"]
 
     def mac(self, host: Host) -> str:
         doc = json.loads(host.run(["ip", "-j", "link", "show", "eth0"]).stdout)

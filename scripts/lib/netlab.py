@@ -81,6 +81,24 @@ class Host:
             proc.wait(timeout=10)
 
 
+class Roles:
+    """The three hosts by role, for anything that holds a Lab as `lab`."""
+
+    lab: "Lab"
+
+    @property
+    def srv(self) -> Host:
+        return self.lab["srv"]
+
+    @property
+    def cli(self) -> Host:
+        return self.lab["cli"]
+
+    @property
+    def atk(self) -> Host:
+        return self.lab["atk"]
+
+
 @dataclass
 class Capture:
     path: Path

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import Host, Lab, LabError, run, wait_for
+from netlab import Host, Lab, LabError, Roles, run, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 SSHD = "/usr/sbin/sshd"
@@ -22,7 +22,7 @@ def tool(name: str) -> str:
 
 
 @dataclass
-class StealthLab:
+class StealthLab(Roles):
     lab: Lab
     state_dir: Path
     ssh_dir: Path
@@ -31,18 +31,6 @@ class StealthLab:
     server_log: list[str] = field(default_factory=list)
     server_log_path: Path = Path("/dev/null")
     ready_line: str = ""
-
-    @property
-    def srv(self) -> Host:
-        return self.lab["srv"]
-
-    @property
-    def cli(self) -> Host:
-        return self.lab["cli"]
-
-    @property
-    def atk(self) -> Host:
-        return self.lab["atk"]
 
     # --- server side -------------------------------------------------------------------------------
     def stealth(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
