@@ -1,7 +1,9 @@
 # Why: the executor of `stealth server run`. It wires the pure gate to the outside: NFQUEUE in, verdicts
-# out, counters persisted durably *before* an accept verdict, firewall rules installed after the queue is
-# bound and removed on SIGTERM/SIGINT, clients reloaded on SIGHUP or when clients.toml changes, drop
-# counts published to status.json. Unauthenticated packets are counted, never logged above DEBUG.
+# out, counters persisted durably *before* an accept verdict (group commit: one fsync per batch), firewall
+# rules installed at start and removed on SIGTERM/SIGINT (until a queue is bound its SYNs are dropped:
+# fail closed), clients reloaded on SIGHUP or when clients.toml changes, drop counts published to
+# status.json. With --workers N it forks N queue workers and supervises them. Unauthenticated packets are
+# counted, never logged above DEBUG.
 import collections
 import contextlib
 import logging
