@@ -2,6 +2,7 @@
 # iptables-apply, `stealth server rules apply` installs the rules server.toml now describes, then rolls
 # them back automatically unless the change is confirmed (from a new session: `stealth server rules
 # confirm`, or by answering on the terminal) within the given time.
+import os
 import secrets
 import select
 import sys
@@ -27,11 +28,26 @@ def confirm(state: ServerState) -> str:
     return nonce.decode(errors="replace")
 
 
+def running_layout(state: ServerState) -> tuple[int, int] | None:
+    """(queue, workers) of the server running on this state directory, from its status file."""
+    status = state.read_status()
+    if not status or not status.get("running"):
+        return None
+    try:
+        os.kill(int(status["pid"]), 0)
+        return int(status["queue"]), int(status.get("workers", 1))
+    except (KeyError, TypeError, ValueError, ProcessLookupError, PermissionError):
+        return None
+
+
 def apply_with_rollback(
     state: ServerState, confirm_within: float, queue: int | None, say: Callable[[str], None]
 ) -> bool:
-    """Install the rules; return True if confirmed in time, else roll back and return False."""
-    server = Server(state, queue)
+    """Install the rules; return True if confirmed in time, else roll back and return False.
+    The queue layout (queue number, workers) is the running server's, so its queues stay fed."""
+    running = running_layout(state)
+    workers = running[1] if running else 1
+    server = Server(state, queue if queue is not None else running[0] if running else None, workers=workers)
     families = available_families()
     rules: dict[int, RuleConfig] = {f: server.rule_config(f) for f in families}
     before: dict[int, Snapshot] = {f: snapshot(rules[f], f) for f in families}

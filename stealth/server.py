@@ -188,7 +188,8 @@ class Server:
 
     def status(self, families: list[int]) -> dict[str, object]:
         return {
-            "pid": os.getpid(), "queue": self.queue_num, "ports": list(self.config.ports),
+            "pid": os.getpid(), "queue": self.queue_num, "workers": self.workers,
+            "ports": list(self.config.ports),
             "families": families, "clients": sorted(self.clients), "table_entries": len(self.table),
             "counts": dict(sorted(self.counts.items())), "reload_error": self.reload_error,
         }

@@ -73,3 +73,21 @@ def test_one_token_from_many_addresses_passes_once_across_workers(sl: Any) -> No
         assert counts.get("replay", 0) + counts.get("valid", 0) > 0, (worker, counts)
     result = sl.ssh("alice", sl.srv.ip4)  # alice lost that counter, not her access
     assert result.returncode == 0, result.stderr
+
+
+def test_rules_apply_keeps_the_running_workers_queues(sl: Any) -> None:
+    from stealthlab import tool
+
+    def queue_rules() -> list[str]:
+        lines = sl.srv.run(["iptables-save", "-t", "mangle"]).stdout.splitlines()
+        return [ln for ln in lines if "NFQUEUE" in ln]
+
+    before = queue_rules()
+    assert before and all("--queue-balance 50:51" in ln for ln in before)
+    proc = sl.srv.popen([tool("stealth"), "server", "rules", "apply", "--state-dir", str(sl.state_dir),
+                         "--confirm-within", "2"])
+    time.sleep(1.0)
+    during = queue_rules()
+    proc.communicate(timeout=30)
+    assert during and all("--queue-balance 50:51" in ln for ln in during)  # not just worker 0's queue
+    assert queue_rules() == before
