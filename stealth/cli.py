@@ -141,7 +141,7 @@ def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: 
 @state_dir_option
 @reports_errors
 def revoke(name: str, state_dir: Path) -> None:
-    """Revoke a client. A running server drops its knocks within a second, no restart."""
+    """Revoke a client. A running server drops its knocks within ~2 s, no restart."""
     ServerState(state_dir).revoke(name)
     click.echo(f"revoked {name!r}")
 
