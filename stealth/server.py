@@ -333,7 +333,7 @@ class Server:
         counts: collections.Counter[str] = collections.Counter()
         for index in range(self.workers):
             try:
-                doc = self.state.read_json_status(index)
+                doc = self.state.read_status(index)
             except StealthError:
                 continue
             counts.update((doc or {}).get("counts", {}))

@@ -195,21 +195,18 @@ class ServerState:
     def save_counters(self, counters: dict[str, int]) -> None:
         write_json(self.counters_path, counters)
 
-    def write_status(self, status: dict[str, Any], worker: int | None = None) -> None:
-        path = self.status_path if worker is None else self.dir / f"status.w{worker}.json"
-        write_json(path, {**status, "written_at": time.time()})
+    def _status_file(self, worker: int | None) -> Path:
+        """status.json (the server, or the parent of --workers), status.w<i>.json for worker i."""
+        return self.status_path if worker is None else self.dir / f"status.w{worker}.json"
 
-    def read_json_status(self, worker: int) -> dict[str, Any] | None:
-        path = self.dir / f"status.w{worker}.json"
+    def write_status(self, status: dict[str, Any], worker: int | None = None) -> None:
+        write_json(self._status_file(worker), {**status, "written_at": time.time()})
+
+    def read_status(self, worker: int | None = None) -> dict[str, Any] | None:
+        path = self._status_file(worker)
         if not path.exists():
             return None
         doc = read_json(path)
-        return doc if isinstance(doc, dict) else None
-
-    def read_status(self) -> dict[str, Any] | None:
-        if not self.status_path.exists():
-            return None
-        doc = read_json(self.status_path)
         return doc if isinstance(doc, dict) else None
 
 
