@@ -1,20 +1,16 @@
-# Why: the benchmarks need thousands to a million enrolled clients. `stealth server add-client` rewrites
-# clients.toml once per client (quadratic), so this writes the documented clients.toml format directly,
-# in one atomic 0600 write, and precomputes the wire image of valid knocks with stealth.core.token.derive
-# (the same function the client uses) as records for the C sender.
-import base64
+# Why: the benchmarks need thousands to a million enrolled clients. They enroll them the way an admin
+# would at that size, through the bulk path (ServerState.add_clients, which `stealth server add-clients`
+# also uses: one streamed rewrite of clients.jsonl), and precompute the wire image of valid knocks with
+# stealth.core.token.derive (the same function the client uses) as records for the C sender.
 import ipaddress
 import os
-import secrets
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stealth.constants import DEFAULT_WINDOW
 from stealth.core.secret import Secret
 from stealth.core.token import Binding, derive
-from stealth.store import atomic_write
+from stealth.server_state import ServerState
 
 FLOOD_NET = ipaddress.ip_network("198.18.0.0/15")  # spoofed benchmark sources only
 
@@ -25,32 +21,11 @@ class BenchClient:
     key: bytes
 
 
-def make_clients(count: int, prefix: str = "bench") -> list[BenchClient]:
-    return [BenchClient(f"{prefix}{i:07d}", secrets.token_bytes(32)) for i in range(count)]
-
-
-def client_sections(clients: list[BenchClient], server_id: str, ports: tuple[int, ...],
-                    window: int = DEFAULT_WINDOW) -> Iterator[str]:
-    """TOML text of [clients.NAME] tables, field for field what ServerState._save_clients writes."""
-    port_list = ", ".join(str(p) for p in ports)
-    for c in clients:
-        yield (
-            f'[clients.{c.name}]\nformat = "stealth-profile-v1"\nname = "{c.name}"\n'
-            f'server_id = "{server_id}"\nkey = "{base64.b64encode(c.key).decode()}"\n'
-            f"ports = [{port_list}]\nwindow = {window}\nport_bits = true\nport_low = 32768\n"
-            f'port_high = 60999\nport_step = 2\nenrollment = "{secrets.token_hex(8)}"\ncounter_floor = 0\n\n'
-        )
-
-
-def append_clients(clients_path: Path, clients: list[BenchClient], server_id: str,
-                   ports: tuple[int, ...]) -> None:
-    """Add `clients` to an existing clients.toml (keeping its clients), atomically, mode 0600."""
-    old = clients_path.read_text() if clients_path.exists() else ""
-    if old.strip() in ("", "[clients]"):
-        old = ""
-    text = old + ("\n" if old and not old.endswith("\n") else "") + "".join(
-        client_sections(clients, server_id, ports))
-    atomic_write(clients_path, text.encode())
+def enroll_clients(state_dir: Path, count: int, ports: tuple[int, ...],
+                   prefix: str = "bench") -> list[BenchClient]:
+    """Enroll `count` fresh clients in one bulk call; their keys come back for building knocks."""
+    profiles = ServerState(state_dir).add_clients((f"{prefix}{i:07d}" for i in range(count)), ports)
+    return [BenchClient(p.name, p.key.value) for p in profiles]
 
 
 def write_tokens(path: Path, clients: list[BenchClient], server_id: str, dport: int, counters: range,

@@ -19,7 +19,7 @@ from netlab import Host, Lab, LabError, Roles, run, wait_for
 from stealthlab import StealthLab
 
 from benchmarks.common import BUILD, ROOT, note_command
-from benchmarks.enroll import BenchClient, append_clients, make_clients
+from benchmarks.enroll import BenchClient, enroll_clients
 
 SERVER_ID = "bench"
 PROTECTED = "22,5022"  # sshd, and a trivial listener for connect timing
@@ -127,8 +127,7 @@ def setup(lab: Lab, n_clients: int) -> BenchLab:
     note_command(["stealth", *init])
     sl.start_sshd(extra_ports=(2222,))
     sl.enroll("alice", PROTECTED)
-    clients = make_clients(n_clients)
-    append_clients(sl.state_dir / "clients.toml", clients, SERVER_ID, (22,))
+    clients = enroll_clients(sl.state_dir, n_clients, (22,))
     bl = BenchLab(lab, sl, clients, init_args, tmp)
     srv = lab["srv"]
     for knob in ("all", "default", "eth0"):

@@ -1,9 +1,10 @@
 # Why: issue 4 §3. How the server's start-up, memory and per-SYN cost grow with the number of enrolled
 # clients (1k, 100k, 1M). Each size runs in a fresh child process doing exactly what `stealth server run`
-# does before it binds the queue (load server.toml, clients.toml, counters.json, build_table), then times
-# Gate.receive for junk and for valid knocks (an accept spends a counter and refills the window with one
-# derive per port). The parent samples the child's RSS and kills it past a memory or time ceiling, so a
-# size that does not fit is reported with how far it got, not as a crash.
+# does before it binds the queue (server.toml, the counter journal, clients.jsonl streamed into the token
+# table), then times Gate.receive for junk and for valid knocks (an accept spends a counter and refills
+# the window: one MAC out, one in, per port), one durable commit, and a reload after one revoke. The
+# parent samples the child's RSS and kills it past a memory or time ceiling, so a size that does not fit
+# is reported with how far it got, not as a crash.
 import cProfile
 import io
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import note_command, proc_rss_kib
-from benchmarks.enroll import append_clients, make_clients
+from benchmarks.enroll import enroll_clients
 
 SERVER_ID = "scale"
 PORTS = (22,)
@@ -40,22 +41,22 @@ def child(state_dir: Path, junk_n: int, valid_n: int) -> None:
     from stealth.core.gate import Gate, Verdict
     from stealth.core.secret import Secret
     from stealth.core.token import Binding, derive
-    from stealth.server import build_table
+    from stealth.server import build_table, check_clients
     from stealth.server_state import ServerState
 
+    # exactly Server.start(): open (and repair) the counter journal, stream clients.jsonl into the table
     t0 = time.perf_counter()
     state = ServerState(state_dir)
     config = state.load_config()
-    clients = state.load_clients()
-    counters = state.load_counters()
+    log = state.counter_log()
+    counters = log.open()
     t1 = time.perf_counter()
     _emit(phase="load_state", seconds=round(t1 - t0, 3), rss_mib=round(_rss_kib() / 1024, 1))
-    lasts = {n: max(counters.get(e.enrollment, 0), e.counter_floor) for n, e in clients.items()}
-    table = build_table(config, clients, counters)
+    table = build_table(state, config, counters)
     t2 = time.perf_counter()
     _emit(phase="build_table", seconds=round(t2 - t1, 3), rss_mib=round(_rss_kib() / 1024, 1),
-          entries=len(table), start_seconds=round(t2 - t0, 3))
-    del lasts
+          entries=len(table), slots=table.cap, start_seconds=round(t2 - t0, 3),
+          max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     gate = Gate(table)
     rnd = random.Random(1)  # noqa: S311 -- junk packets, not secrets
     dst = bytes([198, 51, 100, 1])
@@ -65,11 +66,11 @@ def child(state_dir: Path, junk_n: int, valid_n: int) -> None:
     for p in junk:
         gate.receive(p, t)
     junk_us = (time.perf_counter() - t) / junk_n * 1e6
-    names = list(clients)[:valid_n]
+    names = list(table.clients)[:valid_n]
     binding = Binding(config.server_id)
     valid = []
     for name in names:
-        knock = derive(clients[name].profile.key, binding, 22, 1)
+        knock = derive(table.clients[name].spec.key, binding, 22, 1)
         assert knock.sport is not None
         valid.append(syn4(bytes([198, 18, 0, 1]), dst, knock.sport, 22, knock.isn))
     t = time.perf_counter()
@@ -80,14 +81,33 @@ def child(state_dir: Path, junk_n: int, valid_n: int) -> None:
     for c in range(2000):
         derive(key, binding, 22, c + 1)
     derive_us = (time.perf_counter() - t) / 2000 * 1e6
+    # the durable part of an accept: one journal record, one fdatasync (what a commit of one knock costs)
+    ident = table.ident_of(names[0])
+    commit_s = []
+    for c in range(200):
+        t = time.perf_counter()
+        log.append([(ident, 1000 + c)])
+        commit_s.append(time.perf_counter() - t)
+    commit_s.sort()
     _emit(phase="lookup", junk_receive_us=round(junk_us, 3), accept_receive_us=round(accept_us, 3),
           accepted=accepted, of=len(valid), derive_us=round(derive_us, 3),
-          refill_us=round(accept_us - junk_us, 3), rss_mib=round(_rss_kib() / 1024, 1),
+          refill_us=round(accept_us - junk_us, 3), commit_one_p50_ms=round(commit_s[100] * 1e3, 3),
+          rss_mib=round(_rss_kib() / 1024, 1),
           max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    # a reload after one admin change: validate all of clients.jsonl, then sync the table with it
+    state.revoke(names[-1])
+    t = time.perf_counter()
+    check_clients(state, config)
+    build_seconds = time.perf_counter() - t
+    from stealth.server import sync_table
+
+    sync_table(table, state, config, {})
+    _emit(phase="reload", seconds=round(time.perf_counter() - t, 3), validate_seconds=round(build_seconds, 3),
+          clients=len(table.clients))
 
 
 def profile_child(state_dir: Path) -> None:
-    """cProfile of the start-up path (load + build_table): where the seconds go."""
+    """cProfile of the start-up path (journal + clients.jsonl + table): where the seconds go."""
     from stealth.server import build_table
     from stealth.server_state import ServerState
 
@@ -95,8 +115,7 @@ def profile_child(state_dir: Path) -> None:
     prof.enable()
     state = ServerState(state_dir)
     config = state.load_config()
-    clients = state.load_clients()
-    build_table(config, clients, state.load_counters())
+    build_table(state, config, state.counter_log().open())
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
@@ -110,15 +129,15 @@ def make_state(root: Path, n: int) -> tuple[Path, float]:
     state = ServerState(state_dir)
     state.init(ServerConfig(SERVER_ID, PORTS))
     t = time.perf_counter()
-    append_clients(state.clients_path, make_clients(n), SERVER_ID, PORTS)
+    enroll_clients(state_dir, n, PORTS)
     return state_dir, time.perf_counter() - t
 
 
 def measure(root: Path, n: int, deadline_s: float, rss_limit_mib: int) -> dict[str, Any]:
     state_dir, write_s = make_state(root, n)
     result: dict[str, Any] = {
-        "clients": n, "enroll_write_seconds": round(write_s, 2),
-        "clients_toml_mib": round((state_dir / "clients.toml").stat().st_size / 2**20, 1),
+        "clients": n, "enroll_seconds": round(write_s, 2),
+        "clients_file_mib": round((state_dir / "clients.jsonl").stat().st_size / 2**20, 1),
     }
     argv = [sys.executable, "-m", "benchmarks.scale", "child", str(state_dir), "100000",
             str(min(n, 5000))]

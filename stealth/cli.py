@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -95,19 +95,33 @@ def init(state_dir: Path, server_id: str, ports: tuple[int, ...], window: int, q
     click.echo(f"initialised {state_dir} (server id {server_id!r}, ports {','.join(map(str, ports))})")
 
 
+def source_port_options(f: F) -> F:
+    """--no-port-bits, --port-range, --port-step: how a client's OS picks source ports."""
+    f = click.option("--port-step", default=2, show_default=True, type=click.IntRange(1, 2),
+                     help="2 when the client's connect() uses every other port (Linux), else 1.")(f)
+    f = click.option("--port-range", default=f"{DEFAULT_PORT_LOW}-{DEFAULT_PORT_HIGH}", show_default=True,
+                     help="The client OS's ephemeral port range.")(f)
+    return click.option("--no-port-bits", is_flag=True,
+                        help="For clients behind NATs that rewrite source ports: the token uses the ISN "
+                        "only.")(f)
+
+
+def parse_port_range(port_range: str, port_step: int) -> PortRange:
+    try:
+        low, high = (int(x) for x in port_range.split("-"))
+        return PortRange(low, high, port_step)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @server.command("add-client")
 @click.argument("name")
 @click.option("--ports", required=True, callback=ports_callback, help="Ports this client may knock on.")
 @state_dir_option
 @click.option("--profile-out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the client's profile (mode 0600). Hand it over privately.")
-@click.option("--no-port-bits", is_flag=True,
-              help="For clients behind NATs that rewrite source ports: the token uses the ISN only.")
 @click.option("--bind-source", default=None, help="Bind tokens to this client source address.")
-@click.option("--port-range", default=f"{DEFAULT_PORT_LOW}-{DEFAULT_PORT_HIGH}", show_default=True,
-              help="The client OS's ephemeral port range.")
-@click.option("--port-step", default=2, show_default=True, type=click.IntRange(1, 2),
-              help="2 when the client's connect() uses every other port (Linux), else 1.")
+@source_port_options
 @reports_errors
 def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: Path, no_port_bits: bool,
                bind_source: str | None, port_range: str, port_step: int) -> None:
@@ -116,9 +130,8 @@ def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: 
 
     if profile_out.exists():
         raise ConfigError(profile_out, "already exists; refusing to overwrite a profile")
+    prange = parse_port_range(port_range, port_step)
     try:
-        low, high = (int(x) for x in port_range.split("-"))
-        prange = PortRange(low, high, port_step)
         if bind_source:
             ipaddress.ip_address(bind_source)
     except ValueError as e:
@@ -134,6 +147,38 @@ def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: 
         f"enrolled {name!r} for ports {','.join(map(str, profile.ports))}; profile written to {profile_out} "
         f"(token {token_bits(profile.binding):.1f} bits)"
     )
+
+
+@server.command("add-clients")
+@click.option("--names-from", required=True, type=click.File("r"),
+              help="A file with one client name per line ('-' for stdin).")
+@click.option("--ports", required=True, callback=ports_callback, help="Ports these clients may knock on.")
+@state_dir_option
+@click.option("--profiles-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the profiles, NAME.toml each (mode 0600). Hand them over privately.")
+@source_port_options
+@reports_errors
+def add_clients(names_from: TextIO, ports: tuple[int, ...], state_dir: Path, profiles_dir: Path,
+                no_port_bits: bool, port_range: str, port_step: int) -> None:
+    """Enroll many clients at once (one rewrite of clients.jsonl, not one per client)."""
+    from stealth.store import ensure_dir, write_toml
+
+    names = [line.strip() for line in names_from if line.strip()]
+    ensure_dir(profiles_dir)
+    taken = sorted(n for n in names if (profiles_dir / f"{n}.toml").exists())
+    if taken:
+        raise ConfigError(profiles_dir / f"{taken[0]}.toml", "already exists; refusing to overwrite profiles")
+    prange = parse_port_range(port_range, port_step)
+    state = ServerState(state_dir)
+    profiles = state.add_clients(names, ports, not no_port_bits, None, prange)
+    try:
+        for profile in profiles:
+            write_toml(profiles_dir / f"{profile.name}.toml", profile.to_doc())
+    except StealthError:
+        state.revoke(*names)
+        raise
+    click.echo(f"enrolled {len(profiles)} clients for ports {','.join(map(str, ports))}; "
+               f"profiles in {profiles_dir}")
 
 
 @server.command()

@@ -30,7 +30,7 @@ def describe_flow(packet: bytes) -> str:
 
 def inspect_capture(state: ServerState, capture: Path) -> Iterator[dict[str, Any]]:
     config = state.load_config()
-    gate = Gate(build_table(config, state.load_clients(), state.load_counters()))
+    gate = Gate(build_table(state, config, state.load_counters()))
     for index, stamp, packet in read_ip_packets(capture):
         if packet is None:
             yield {"index": index, "verdict": "skip", "reason": "not_ip", "flow": "", "client": None}

@@ -1,5 +1,5 @@
 # Why: a client profile is the one document both ends must read identically: the server writes it at
-# enrollment and stores the same fields in clients.toml; stealth-connect reads it. One (de)serializer
+# enrollment and stores the same fields in clients.jsonl; stealth-connect reads it. One (de)serializer
 # for both keeps the token binding (server id, ports, source-port mapping, source address) in sync.
 import base64
 import binascii

@@ -1,9 +1,9 @@
 # Why: the executor of `stealth server run`. It wires the pure gate to the outside: NFQUEUE in, verdicts
-# out, counters persisted durably *before* an accept verdict (group commit: one fsync per batch), firewall
-# rules installed at start and removed on SIGTERM/SIGINT (until a queue is bound its SYNs are dropped:
-# fail closed), clients reloaded on SIGHUP or when clients.toml changes, drop counts published to
-# status.json. With --workers N it forks N queue workers and supervises them. Unauthenticated packets are
-# counted, never logged above DEBUG.
+# out, counters persisted durably *before* an accept verdict (group commit: one journal fdatasync per
+# batch, see counterlog.py), firewall rules installed at start and removed on SIGTERM/SIGINT (until a
+# queue is bound its SYNs are dropped: fail closed), clients reloaded on SIGHUP or when clients.jsonl
+# changes, drop counts published to status.json. With --workers N it forks N queue workers and
+# supervises them. Unauthenticated packets are counted, never logged above DEBUG.
 import collections
 import contextlib
 import logging
@@ -18,14 +18,14 @@ from stealth.constants import RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS
 from stealth.core.gate import Gate, LogAccept, PersistCounter, Verdict
 from stealth.core.packet import Reason
 from stealth.core.table import TokenTable
-from stealth.errors import StealthError
+from stealth.errors import ConfigError, StealthError
 from stealth.firewall import RuleConfig, available_families, host_unused_port_mode, install, remove
 from stealth.nfqueue import AfterCommit, Queue
-from stealth.server_state import Enrolled, ServerConfig, ServerState
+from stealth.server_state import ServerConfig, ServerState
 from stealth.store import locked
 
 log = logging.getLogger("stealth.server")
-PendingAccept = tuple[PersistCounter | None, LogAccept | None]
+PendingAccept = tuple[PersistCounter | None, LogAccept | None, bytes]  # ..., the client's enrollment id
 NO_MARK = 0  # accept without setting a mark: the filter chain treats the packet as unauthenticated
 
 
@@ -33,15 +33,32 @@ def format_addr(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
 
 
-def build_table(config: ServerConfig, clients: dict[str, Enrolled], counters: dict[str, int]) -> TokenTable:
+def build_table(state: ServerState, config: ServerConfig, counters: dict[str, int]) -> TokenTable:
+    """The token table of every enrolled client, sized once for all of them (W live + W spent tokens per
+    client and port), from clients.jsonl streamed and the stored counters."""
     table = TokenTable(config.window)
-    sync_table(table, clients, counters)
+    sync_table(table, state, config, counters)
     return table
 
 
-def sync_table(table: TokenTable, clients: dict[str, Enrolled], counters: dict[str, int]) -> None:
-    lasts = {n: max(counters.get(e.enrollment, 0), e.counter_floor) for n, e in clients.items()}
-    table.sync([e.profile.spec() for e in clients.values()], lasts)
+def sync_table(table: TokenTable, state: ServerState, config: ServerConfig, counters: dict[str, int]) -> None:
+    table.reserve(table.tokens_for(state.count_clients(), len(config.ports)))
+    try:
+        table.sync(
+            (spec, max(counters.get(spec.ident.hex(), 0), floor)) for spec, floor in state.iter_specs(config)
+        )
+    except ValueError as e:  # enrolled twice, too many distinct ports
+        raise ConfigError(state.clients_path, str(e)) from None
+
+
+def check_clients(state: ServerState, config: ServerConfig) -> None:
+    """Validate all of clients.jsonl without touching the table, so a bad reload keeps the old clients
+    instead of leaving them half replaced (sync streams and changes the table as it reads)."""
+    names: set[str] = set()
+    for spec, _ in state.iter_specs(config):
+        if spec.name in names:
+            raise ConfigError(state.clients_path, f"client {spec.name!r} is enrolled twice")
+        names.add(spec.name)
 
 
 class Server:
@@ -55,8 +72,8 @@ class Server:
         self.workers = workers
         self.worker: int | None = None  # index of this worker process, None in the parent
         self.counts: collections.Counter[str] = collections.Counter()
-        self.clients: dict[str, Enrolled] = {}
-        self.counters: dict[str, int] = {}
+        self.log = state.counter_log()
+        self._by_ident: dict[str, str] | None = None  # enrollment id -> name, built when a worker needs it
         self.table = TokenTable(self.config.window)
         self.gate = Gate(self.table)
         self.stop = False
@@ -65,7 +82,6 @@ class Server:
         self._clients_stamp: tuple[int, int, int] | None = None
         self.reset_families: set[int] = set()
         self._pending: list[PendingAccept] = []
-        self._dirty = False
         self.good_list_fd: int | None = None
 
     # --- packet path -------------------------------------------------------------------------------
@@ -81,32 +97,29 @@ class Server:
             return self.reject(payload)
         persist = next((c for c in decision.commands if isinstance(c, PersistCounter)), None)
         logline = next((c for c in decision.commands if isinstance(c, LogAccept)), None)
-        if persist is not None:
-            self.counters[self.clients[persist.client].enrollment] = persist.counter
-            self._dirty = True
+        ident = self.table.ident_of(persist.client) if persist is not None else b""
         self.counts[decision.reason] += 1
-        self._pending.append((persist, logline))  # last: one record per held packet, in order
+        self._pending.append((persist, logline, ident))  # last: one record per held packet, in order
         return AfterCommit(self.config.mark)  # every accept waits until its counter is durable
 
     def commit(self) -> list[bool]:
-        """Make the held knocks' counters durable with one write and fsync, then log them and exempt
-        their sources from the rate limit. One verdict per held knock: False (drop) when the write fails
-        or, with several workers, when another worker already accepted that counter or a later one."""
+        """Make the held knocks' counters durable with one journal write and fdatasync, then log them and
+        exempt their sources from the rate limit. One verdict per held knock: False (drop) when the write
+        fails or, with several workers, when another worker already accepted that counter or a later one."""
         pending, self._pending = self._pending, []
         ok = [True] * len(pending)
         try:
             if self.workers > 1:
                 with locked(self.state.counters_lock):
                     self._merge_with_disk(pending, ok)
-                    self.state.save_counters(self.counters)
-            elif self._dirty:
-                self.state.save_counters(self.counters)
-            self._dirty = False
+                    self._persist(pending, ok)
+            else:
+                self._persist(pending, ok)
         except StealthError as e:
             log.error("cannot persist counters, dropping %d knock(s): %s", len(pending), e)
             self.counts[Reason.PERSIST_FAILED] += len(pending)
             return [False] * len(pending)
-        for good, (persist, logline) in zip(ok, pending, strict=True):
+        for good, (persist, logline, _) in zip(ok, pending, strict=True):
             if not good:
                 continue
             if persist is not None:
@@ -119,26 +132,42 @@ class Server:
                 )
         return ok
 
-    def _merge_with_disk(self, pending: list["PendingAccept"], ok: list[bool]) -> None:
-        """Under the counters lock: a counter another worker already made durable (the same or a later
-        one) loses; the rest advance the file. Our table learns the other workers' accepts."""
-        disk = self.state.load_counters()
-        for i, (persist, _) in enumerate(pending):
-            if persist is None:
-                continue
-            enrollment = self.clients[persist.client].enrollment
-            if disk.get(enrollment, 0) >= persist.counter:
+    def _persist(self, pending: list[PendingAccept], ok: list[bool]) -> None:
+        self.log.append([(ident, p.counter) for good, (p, _, ident) in zip(ok, pending, strict=True)
+                         if good and p is not None])
+        if self.log.needs_compaction(len(self.table.clients)):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Fold the journal into a new snapshot: what is durable on disk, raised to our table's counters."""
+        counters = self.log.read()
+        for ident, last in self.table.counters():
+            if last > counters.get(ident, 0):
+                counters[ident] = last
+        self.log.compact(sorted(counters.items()))
+
+    def _merge_with_disk(self, pending: list[PendingAccept], ok: list[bool]) -> None:
+        """Under the counters lock: a counter another worker made durable since our last commit (the
+        same or a later one) loses; our table learns the other workers' accepts."""
+        theirs = self.log.catch_up()
+        if theirs is None:  # another worker compacted the journal: read the whole state again
+            theirs = list(self.log.open().items())
+        best: dict[str, int] = {}
+        for ident, counter in theirs:
+            if counter > best.get(ident, 0):
+                best[ident] = counter
+        for i, (persist, _, raw_ident) in enumerate(pending):
+            if persist is not None and best.get(raw_ident.hex(), 0) >= persist.counter:
                 ok[i] = False
                 self.counts[Reason.VALID] -= 1
                 self.counts[Reason.REPLAY] += 1
-            else:
-                disk[enrollment] = persist.counter
-        ids = {e.enrollment: name for name, e in self.clients.items()}
-        self.counters = {k: max(v, self.counters.get(k, 0)) for k, v in disk.items() if k in ids}
-        for enrollment, value in self.counters.items():
-            state = self.table.clients.get(ids[enrollment])
-            if state is not None and value > state.last:
-                self.table.add(state.spec, value)
+        if best:
+            if self._by_ident is None:
+                self._by_ident = {self.table.ident_of(n).hex(): n for n in self.table.clients}
+            for ident, counter in best.items():
+                name = self._by_ident.get(ident)
+                if name is not None and name in self.table.clients:
+                    self.table.advance(name, counter)
 
     def _remember_source(self, command: PersistCounter) -> None:
         """Exempt a source that knocked successfully from the per-prefix SYN rate limit."""
@@ -161,16 +190,21 @@ class Server:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def load(self) -> None:
+    def load(self, counters: dict[str, int] | None = None, validate: bool = True) -> None:
+        """(Re)load clients.jsonl into the table. Known clients keep their in-memory counters (they are at
+        least what is on disk); `counters` (from disk) matter for clients the table does not know yet."""
         stamp = self._stamp()
-        clients = self.state.load_clients()
-        counters = self.state.load_counters()
-        ids = {e.enrollment for e in clients.values()}
-        # keep our in-memory counters (they are at least what is on disk) and forget revoked clients
-        merged = {k: max(v, self.counters.get(k, 0)) for k, v in counters.items() if k in ids}
-        merged.update({k: v for k, v in self.counters.items() if k in ids and k not in merged})
-        sync_table(self.table, clients, merged)
-        self.clients, self.counters, self._clients_stamp = clients, merged, stamp
+        if validate:  # a reload is all or nothing (at start, a bad file stops the server anyway)
+            check_clients(self.state, self.config)
+        sync_table(self.table, self.state, self.config, counters or {})
+        self._by_ident = None
+        self._clients_stamp = stamp
+
+    def start(self) -> None:
+        """First load: repair and open the counter journal, build the table, and fold a long journal."""
+        self.load(self.log.open(), validate=False)
+        if self.log.needs_compaction(len(self.table.clients)):
+            self._compact()
 
     def maybe_reload(self) -> None:
         if not self.reload_requested and self._stamp() == self._clients_stamp:
@@ -184,13 +218,13 @@ class Server:
             log.error("reload failed, keeping the previous clients: %s", e)
             return
         self.reload_error = None
-        log.info("reloaded: %d clients enrolled", len(self.clients))
+        log.info("reloaded: %d clients enrolled", len(self.table.clients))
 
     def status(self, families: list[int]) -> dict[str, object]:
         return {
             "pid": os.getpid(), "queue": self.queue_num, "workers": self.workers,
             "ports": list(self.config.ports),
-            "families": families, "clients": sorted(self.clients), "table_entries": len(self.table),
+            "families": families, "clients": len(self.table.clients), "table_entries": len(self.table),
             "counts": dict(sorted(self.counts.items())), "reload_error": self.reload_error,
         }
 
@@ -206,7 +240,7 @@ class Server:
 
     def run(self, ready: Callable[[str], None]) -> None:
         with locked(self.state.run_lock, blocking=False):
-            self.load()
+            self.start()
             families = available_families()
             rules = {f: self.rule_config(f) for f in families}
             self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
@@ -230,7 +264,7 @@ class Server:
                     queues = rules[4].queue_spec.replace(":", "-")
                     ready(
                         f"ready queue={queues} ports={','.join(map(str, self.config.ports))} "
-                        f"clients={len(self.clients)} unauth={modes} workers={self.workers}"
+                        f"clients={len(self.table.clients)} unauth={modes} workers={self.workers}"
                     )
                     if queue is not None:
                         self._loop(queue, families)
@@ -248,6 +282,7 @@ class Server:
             finally:
                 if queue is not None:
                     queue.close()
+                self.log.close()
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
                 self.state.write_status({**self.status(families), "running": False})
@@ -320,7 +355,8 @@ class Server:
                 next_status = time.monotonic() + STATUS_INTERVAL_SECONDS
 
     def _restart_worker(self, index: int, families: list[int]) -> dict[int, int]:
-        self.load()  # fresh clients and counters from disk before the new worker forks
+        with locked(self.state.counters_lock):  # what the other workers made durable so far
+            self.load(self.log.read())
         pid, report = self._fork_worker(index, families)
         if report != b"ok":
             log.error("worker %d could not restart: %s", index, report.decode(errors="replace"))

@@ -10,7 +10,7 @@ import stat
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import tomli_w
 
@@ -18,19 +18,20 @@ from stealth.constants import SECRET_FILE_MODE
 from stealth.errors import ConfigError
 
 
-def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE, durable: bool = True) -> None:
-    """Replace `path` atomically: temp file, fsync, rename, so a crash leaves the old or the new
-    content, never a torn file. `durable` also fsyncs the directory so the new content is the one that
-    survives; only pure diagnostics may skip that (after a crash they may read the old content)."""
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: int = SECRET_FILE_MODE, durable: bool = True) -> Iterator[BinaryIO]:
+    """Stream a replacement for `path`: a temp file in the same directory, fsync, rename, so a crash
+    leaves the old or the new content, never a torn file. `durable` also fsyncs the directory so the new
+    content is the one that survives; only pure diagnostics may skip that (after a crash they may read
+    the old content). If the block raises, the old file stays and the temp file is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            with os.fdopen(fd, "wb", buffering=1 << 20, closefd=False) as f:
+                yield f
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -45,6 +46,26 @@ def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE, durable:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise ConfigError(path, f"cannot write: {e.strerror}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE, durable: bool = True) -> None:
+    """Replace `path` atomically and (unless `durable` is False) durably with `data`."""
+    with atomic_writer(path, mode, durable) as f:
+        f.write(data)
+
+
+def check_secret_mode(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(path, "not a regular file")
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            path, f"holds keys but is readable by group or others (mode {st.st_mode & 0o777:o}); "
+            "run chmod 600 on it"
+        )
 
 
 def read_bytes(path: Path, secret: bool = False) -> bytes:
@@ -54,11 +75,8 @@ def read_bytes(path: Path, secret: bool = False) -> bytes:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(path, "not a regular file")
-            if secret and st.st_mode & 0o077:
-                raise ConfigError(
-                    path, f"holds keys but is readable by group or others (mode {st.st_mode & 0o777:o}); "
-                    "run chmod 600 on it"
-                )
+            if secret:
+                check_secret_mode(path, st)
             return f.read()
     except FileNotFoundError:
         raise ConfigError(path, "does not exist") from None

@@ -146,10 +146,10 @@ def test_revoked_client_gets_no_reply(sl: Any) -> None:
     from stealthlab import replies, tool
 
     sl.enroll("bob")
-    time.sleep(2.5)  # the running server picks up the new client from clients.toml, no restart
+    time.sleep(2.5)  # the running server picks up the new client from clients.jsonl, no restart
     assert sl.ssh("bob", sl.srv.ip4).returncode == 0
     sl.stealth("server", "revoke", "bob", "--state-dir", str(sl.state_dir))
-    time.sleep(2.5)  # the server notices the changed clients.toml without a restart
+    time.sleep(2.5)  # the server notices the changed clients.jsonl without a restart
     with sl.cli.capture(f"tcp port {SSH_PORT}") as cap:
         connect = sl.cli.run(
             [tool("stealth-connect"), "--state-dir", str(sl.client_dirs["bob"]), "--timeout", "1.5",

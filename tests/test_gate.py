@@ -70,9 +70,9 @@ def snapshot(gate: Gate) -> Any:
     """Everything in the table an outsider's packet could change."""
     t = gate.table
     entries = {
-        k: (e.client.spec.name, e.counter, e.spent, repr(e.accepted)) for k, e in t.entries.items()
+        k: (e.name, e.counter, e.spent, repr(e.accepted)) for k, e in t.items()
     }
-    return entries, {n: (c.last, sorted(c.keys)) for n, c in t.clients.items()}
+    return entries, {n: c.last for n, c in t.clients.items()}
 
 
 # --- round trips ----------------------------------------------------------------------------------
@@ -563,14 +563,14 @@ def test_removed_client_drops_at_once() -> None:
     drop(gate.receive(knock_syn(knock_of(ALICE, 2)), T0), Reason.UNKNOWN_TOKEN)
     drop(gate.receive(knock_syn(knock, tsval=2), T0 + 1), Reason.UNKNOWN_TOKEN)  # no retransmit either
     drop(gate.receive(knock_syn(knock_of(ALICE, 3, 6379)), T0), Reason.UNKNOWN_TOKEN)
-    assert all(e.client.spec.name == "bob" for e in gate.table.entries.values())
+    assert all(e.name == "bob" for _, e in gate.table.items())
     accept(gate.receive(knock_syn(knock_of(BOB, 1)), T0))
     gate.table.remove("alice")  # twice is harmless
 
 
 def test_sync_revokes_and_enrols() -> None:
     gate = gate_for(ALICE)
-    gate.table.sync([BOB], {"bob": 7})
+    gate.table.sync([(BOB, 7)])
     drop(gate.receive(knock_syn(knock_of(ALICE, 1)), T0), Reason.UNKNOWN_TOKEN)
     drop(gate.receive(knock_syn(knock_of(BOB, 7)), T0), Reason.REPLAY)
     accept(gate.receive(knock_syn(knock_of(BOB, 8)), T0))
@@ -581,22 +581,22 @@ def test_sync_keeps_higher_in_memory_counters() -> None:
     gate = gate_for(ALICE)
     knock5 = knock_of(ALICE, 5)
     accept(gate.receive(knock_syn(knock5, tsval=1), T0))
-    gate.table.sync([ALICE], {"alice": 2})  # a stale store must not roll the counter back
+    gate.table.sync([(ALICE, 2)])  # a stale store must not roll the counter back
     assert gate.table.clients["alice"].last == 5
     drop(gate.receive(knock_syn(knock_of(ALICE, 3), src="203.0.113.1"), T0), Reason.REPLAY)
     drop(gate.receive(knock_syn(knock_of(ALICE, 5), src="203.0.113.1"), T0), Reason.REPLAY)
     accept(gate.receive(knock_syn(knock5, tsval=2), T0 + 1), Reason.RETRANSMIT)  # state kept
-    gate.table.sync([ALICE], {})
+    gate.table.sync([(ALICE, 0)])
     assert gate.table.clients["alice"].last == 5
     # a changed key re-enrols, still from the higher counter
     rekeyed = spec("alice", key_of(99), ports=ALICE.ports)
-    gate.table.sync([rekeyed], {"alice": 1})
+    gate.table.sync([(rekeyed, 1)])
     assert gate.table.clients["alice"].last == 5
     drop(gate.receive(knock_syn(knock_of(ALICE, 6)), T0), Reason.UNKNOWN_TOKEN)
     drop(gate.receive(knock_syn(knock_of(rekeyed, 5)), T0), Reason.REPLAY)
     accept(gate.receive(knock_syn(knock_of(rekeyed, 6)), T0))
     # a higher stored counter (an admin resync) moves the client forward
-    gate.table.sync([rekeyed], {"alice": 40})
+    gate.table.sync([(rekeyed, 40)])
     assert gate.table.clients["alice"].last == 40
     drop(gate.receive(knock_syn(knock_of(rekeyed, 40)), T0), Reason.REPLAY)
     accept(gate.receive(knock_syn(knock_of(rekeyed, 40 + W)), T0))

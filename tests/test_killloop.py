@@ -195,11 +195,10 @@ class Loop:
 
     # --- state -------------------------------------------------------------------------------------
     def sample_counters(self) -> None:
-        """counters.json (enrollment id -> counter), plus each client's own last used counter."""
-        sample: dict[str, int] = {}
-        path = self.sl.state_dir / "counters.json"
-        if path.exists():
-            sample = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        """The server's stored counters (enrollment id -> counter), plus each client's last used one."""
+        from stealth.server_state import ServerState
+
+        sample: dict[str, int] = dict(ServerState(self.sl.state_dir).load_counters())  # snapshot + journal
         for name, cdir in self.sl.client_dirs.items():
             for f in (cdir / "counters").glob("*.json"):
                 sample[f"client {name}"] = int(json.loads(f.read_text())["last_used"])

@@ -46,7 +46,7 @@ def test_manifest_covers_every_required_kind() -> None:
     assert REQUIRED_COVERAGE <= covered, REQUIRED_COVERAGE - covered
     for name, cap in captures.items():
         assert (CAPTURES / name).is_file(), name
-        assert (CAPTURES / cap["state"] / "clients.toml").is_file(), cap["state"]
+        assert (CAPTURES / cap["state"] / "clients.jsonl").is_file(), cap["state"]
         judged = [row for row in cap["packets"] if row["verdict"] != "ignore"]
         assert judged, f"{name} has no packet inbound to a protected port"
 

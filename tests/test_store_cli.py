@@ -16,6 +16,10 @@ from stealth.profile import Profile
 from stealth.server_state import ServerState
 from stealth.store import atomic_write, read_bytes, read_toml
 
+HEADER = b'{"format": "stealth-clients-v1"}\n'
+GOOD_LINE = (b'{"name":"a","key":"' + base64.b64encode(bytes(32)) + b'","enrollment":"0123456789abcdef",'
+             b'"ports":[22]}\n')
+
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([stealth_bin("stealth"), *args], capture_output=True, text=True, check=False,
@@ -61,7 +65,7 @@ def test_atomic_write_creates_0600_and_replaces(tmp_path: Path) -> None:
 
 
 def test_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "clients.toml"
+    path = tmp_path / "clients.jsonl"
     atomic_write(path, b"x = 1\n")
     path.chmod(0o644)
     with pytest.raises(ConfigError) as e:
@@ -96,10 +100,17 @@ def test_add_client_refuses_unprotected_port_and_duplicates(server: Path, tmp_pa
         ("server.toml", b"server_id = [", "invalid TOML"),
         ("server.toml", b'server_id = "x"\nports = []\n', "ports"),
         ("server.toml", b'server_id = "x"\nports = [22]\nwindow = 0\n', "window"),
-        ("clients.toml", b"\xff\xfe garbage", "not UTF-8"),
-        ("clients.toml", b'[clients.a]\nkey = "not base64!"\n', "clients.a"),
+        ("clients.jsonl", b"\xff\xfe garbage", "line 1: expected the header"),
+        ("clients.jsonl", HEADER + b'{"name": "a", "key": "no base64!", "enrollment": "00", "ports": [22]}\n',
+         "line 2 (a): key"),
+        ("clients.jsonl", HEADER + b"{truncated\n", "line 2: invalid JSON"),
+        ("clients.jsonl", HEADER + GOOD_LINE.replace(b'"ports":[22]', b'"ports":[]'), "line 2 (a): ports"),
+        ("clients.jsonl", HEADER + GOOD_LINE.replace(b'"ports"', b'"potrs"'), "unknown field 'potrs'"),
+        ("clients.jsonl", HEADER + GOOD_LINE.replace(b'0123456789abcdef', b'xyz'), "enrollment"),
+        ("clients.jsonl", HEADER + GOOD_LINE + GOOD_LINE, "enrolled twice"),
         ("counters.json", b"{truncated", "invalid JSON"),
         ("counters.json", b'{"x": -1}', "counter"),
+        ("counters.json", b'{"0123456789abcdef": -1}', "counter"),
     ],
 )
 def test_bad_state_files_give_one_line_naming_the_file(
@@ -111,12 +122,41 @@ def test_bad_state_files_give_one_line_naming_the_file(
 
 
 def test_group_readable_clients_file_is_refused(server: Path) -> None:
-    (server / "clients.toml").chmod(0o640)
-    one_line_error(cli("server", "status", "--state-dir", str(server)), "clients.toml", "readable by group")
+    (server / "clients.jsonl").chmod(0o640)
+    one_line_error(cli("server", "status", "--state-dir", str(server)), "clients.jsonl", "readable by group")
 
 
 def test_missing_state_dir(tmp_path: Path) -> None:
     one_line_error(cli("server", "status", "--state-dir", str(tmp_path / "nope")), "stealth server init")
+
+
+def test_add_clients_in_bulk(server: Path, tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("bulk1\nbulk2\n\nbulk3\n")
+    out = tmp_path / "profiles"
+    r = cli("server", "add-clients", "--names-from", str(names), "--ports", "22", "--state-dir", str(server),
+            "--profiles-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    clients = ServerState(server).load_clients()
+    assert sorted(clients) == ["bulk1", "bulk2", "bulk3"]
+    keys = set()
+    for name, e in clients.items():
+        path = out / f"{name}.toml"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        profile = Profile.from_doc(path, read_toml(path, secret=True))
+        assert profile.key == e.profile.key and profile.ports == (22,)
+        keys.add(profile.key.value)
+    assert len(keys) == 3
+    before = (server / "clients.jsonl").read_bytes()
+    names.write_text("bulk4\nbulk2\n")
+    again = cli("server", "add-clients", "--names-from", str(names), "--ports", "22",
+                "--state-dir", str(server), "--profiles-dir", str(tmp_path / "more"))
+    one_line_error(again, "clients.jsonl", "'bulk2' is already enrolled")
+    names.write_text("bulk5\nbulk5\n")
+    twice = cli("server", "add-clients", "--names-from", str(names), "--ports", "22",
+                "--state-dir", str(server), "--profiles-dir", str(tmp_path / "more"))
+    one_line_error(twice, "'bulk5' is given twice")
+    assert (server / "clients.jsonl").read_bytes() == before, "a refused bulk enrolment changes nothing"
 
 
 def test_revoke_and_resync(server: Path, tmp_path: Path) -> None:

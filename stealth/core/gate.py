@@ -73,7 +73,7 @@ class Gate:
         entry = self.table.lookup(syn.dport, syn.isn, syn.sport)
         if entry is None:
             return DROP[Reason.UNKNOWN_TOKEN]
-        bound = entry.client.spec.binding.source
+        bound = self.table.binding_of(entry.index).source
         if bound is not None and bound != syn.src:
             return DROP[Reason.WRONG_SOURCE]
         if not syn.checksum_ok():
@@ -82,7 +82,7 @@ class Gate:
             return self._retransmit(entry, syn, now)
         accepted = Accepted(syn.src, syn.dst, syn.sport, now, syn.tsval())
         counter = self.table.consume(entry, accepted)
-        name = entry.client.spec.name
+        name = entry.name
         return Decision(
             Verdict.ACCEPT,
             Reason.VALID,
@@ -112,6 +112,6 @@ class Gate:
             if tsval is None or not _serial_after(tsval, a.tsval):
                 return DROP[Reason.REPLAY]
             a.tsval = tsval
-        name = entry.client.spec.name
+        name = entry.name
         log = LogAccept(name, syn.dport, syn.src, syn.sport, entry.counter, retransmit=True)
         return Decision(Verdict.ACCEPT, Reason.RETRANSMIT, (log,), client=name, session_key=_session(entry))

@@ -1,33 +1,48 @@
-# Why: per-packet work must be one dict lookup, not a loop of MACs over a window (DESIGN §2.10). The
-# table holds, for every enrolled client and protected port, the wire image (ISN, source port) of its next
-# W counters, plus the last W spent ones so replays and exact retransmissions are recognised. It is the
-# only holder of replay state: a counter at or below a client's accepted counter never passes again.
-from collections.abc import Iterable
+# Why: per-packet work must be one hash lookup, not a loop of MACs over a window (DESIGN §2.10), and a
+# million enrolled clients must fit in well under 1 GiB. The table holds, for every enrolled client and
+# protected port, the wire image (ISN, source port) of its next W counters plus its last W spent ones, so
+# replays and exact retransmissions are recognised. It is the only holder of replay state: a counter at or
+# below a client's accepted counter never passes again.
+#
+# Layout: one open-addressing hash table (linear probing, backward-shift deletion) in two flat arrays.
+# A slot is one 64-bit word: tag (port index 4 bits | ISN 32 | source port 16 | port-less flag 1) and the
+# counter's low 11 bits; a parallel 32-bit array names the client. Spent is not stored: a counter is spent
+# when it is at or below the client's last accepted one. Clients live in flat arrays too (32-byte keys in
+# one bytearray, last counters in an array), so the table costs about 12 bytes per token slot and ~150
+# bytes per client, instead of the ~400 bytes per token a dict of objects needs. Python-level reads of
+# array('Q') items are as cheap as dict probes, so a miss costs a few array reads.
+import collections
+import math
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from stealth.constants import COUNTER_MAX, DEFAULT_WINDOW, MAX_WINDOW
+from stealth.constants import COUNTER_MAX, DEFAULT_WINDOW, MAX_WINDOW, RETRANSMIT_CACHE_MAX
 from stealth.core.secret import Secret
-from stealth.core.token import Binding, wire
+from stealth.core.token import Binding, wire_series
 
-_PORTLESS = 1 << 64
+KEY_BYTES_PER_CLIENT = 32
+IDENT_BYTES = 8  # the server's enrollment id, stored with the client so counters can be saved by it
+MAX_PORTS = 16  # port indices fit in 4 bits (the server protects at most 15 ports)
+_CBITS = 11  # counter low bits kept in a slot: 2 * MAX_WINDOW distinct counters live per client and port
+_CMASK = (1 << _CBITS) - 1
+_U32 = 0xFFFFFFFF
+MAX_LOAD = 0.7  # grow beyond this many slots in use; linear probing stays short below it
+_FREE = 0xFFFFFFFF
+
+assert 2 * MAX_WINDOW <= 1 << _CBITS
 
 
-def port_key(dport: int, isn: int, sport: int) -> int:
-    return (dport << 48) | (isn << 16) | sport
-
-
-def portless_key(dport: int, isn: int) -> int:
-    return _PORTLESS | (dport << 32) | isn
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClientSpec:
-    """An enrolled client as the server sees it."""
+    """An enrolled client as the server sees it. `ident` is an opaque 0- or 8-byte id the server keys the
+    client's durable counter by."""
 
     name: str
     key: Secret = field(repr=False)
     binding: Binding
     ports: tuple[int, ...]
+    ident: bytes = b""
 
 
 @dataclass(slots=True)
@@ -41,109 +56,396 @@ class Accepted:
     tsval: int | None
 
 
-@dataclass(slots=True)
-class Entry:
-    """One (client, counter, port) token in the table. The session key is derived only on accept."""
-
-    client: "ClientState"
-    counter: int
-    dport: int
-    spent: bool = False
-    accepted: Accepted | None = None
-
-
-@dataclass
+@dataclass(frozen=True, slots=True)
 class ClientState:
+    """A snapshot of one enrolled client: its spec and highest accepted counter."""
+
     spec: ClientSpec
     last: int  # highest accepted counter; counters last+1 .. last+W are live
-    keys: dict[int, list[int]] = field(default_factory=dict)  # counter -> table keys
+
+
+@dataclass(slots=True)
+class Entry:
+    """One (client, counter, port) token found in the table. The session key is derived only on accept."""
+
+    table: "TokenTable" = field(repr=False)
+    index: int
+    counter: int
+    dport: int
+    tag: int
+
+    @property
+    def client(self) -> ClientState:
+        return self.table.state_of(self.index)
+
+    @property
+    def spent(self) -> bool:
+        return self.counter <= self.table.last_of(self.index)
+
+    @property
+    def accepted(self) -> Accepted | None:
+        return self.table.accepted.get(self.tag)
+
+    @property
+    def name(self) -> str:
+        return self.table.name_of(self.index)
+
+
+def _tag(port_index: int, isn: int, sport: int | None) -> int:
+    if sport is None:
+        return (port_index << 49) | (isn << 17) | 1
+    return (port_index << 49) | (isn << 17) | (sport << 1)
+
+
+class _Clients(Mapping[str, ClientState]):
+    """table.clients: a read-only name -> ClientState view over the flat arrays."""
+
+    def __init__(self, table: "TokenTable") -> None:
+        self._t = table
+
+    def __getitem__(self, name: str) -> ClientState:
+        return self._t.state_of(self._t.index[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t.index)
+
+    def __len__(self) -> int:
+        return len(self._t.index)
 
 
 class TokenTable:
     """Live and recently spent tokens of all clients, keyed by their wire image."""
 
-    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, window: int = DEFAULT_WINDOW, expected_tokens: int = 0) -> None:
         if not 1 <= window <= MAX_WINDOW:
             raise ValueError(f"window must be 1..{MAX_WINDOW}")
         self.window = window
-        self.entries: dict[int, Entry] = {}
-        self.clients: dict[str, ClientState] = {}
+        self.cap = 0
+        self.slots = array("Q")
+        self.owner = array("I")
+        self.used = 0
+        self.accepted: collections.OrderedDict[int, Accepted] = collections.OrderedDict()
+        self.port_index: dict[int, int] = {}
         self.portless_clients = 0
+        # clients, by index
+        self.index: dict[str, int] = {}
+        self._names: list[str | None] = []
+        self._keys = bytearray()
+        self._idents = bytearray()
+        self._last = array("Q")
+        self._shape = array("I")
+        self._shapes: list[tuple[Binding, tuple[int, ...]]] = []
+        self._shape_ids: dict[tuple[Binding, tuple[int, ...]], int] = {}
+        self._free: list[int] = []
+        self._resize(max(1024, math.ceil(expected_tokens / MAX_LOAD)))
 
+    # --- sizes -------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.entries)
+        return self.used
 
+    def tokens_for(self, clients: int, ports_per_client: int) -> int:
+        """Slots `clients` clients need at most: W live plus W spent counters per protected port."""
+        return clients * ports_per_client * 2 * self.window
+
+    def reserve(self, tokens: int) -> None:
+        """Size the table for `tokens` entries up front (growing later re-inserts every entry)."""
+        need = math.ceil(tokens / MAX_LOAD)
+        if need > self.cap:
+            self._resize(need)
+
+    def _resize(self, cap: int) -> None:
+        old_slots, old_owner = self.slots, self.owner
+        self.cap = cap
+        self.slots = array("Q", bytes(8 * cap))
+        self.owner = array("I", bytes(4 * cap))
+        self.used = 0
+        for i, s in enumerate(old_slots):
+            if s:
+                self._put(s, old_owner[i])
+
+    # --- the hash table ----------------------------------------------------------------------------
+    def _home(self, slot_word: int) -> int:
+        return (((slot_word >> 28) & _U32) * self.cap) >> 32
+
+    def _find(self, tag: int) -> int:
+        slots, cap = self.slots, self.cap
+        i = (((tag >> 17) & _U32) * cap) >> 32
+        while True:
+            s = slots[i]
+            if s >> _CBITS == tag:
+                return i
+            if not s:
+                return -1
+            i += 1
+            if i == cap:
+                i = 0
+
+    def _put(self, word: int, owner: int) -> bool:
+        """Insert unless the tag is taken (a 2^-53 collision with another token: the first keeps it)."""
+        if (self.used + 1) > MAX_LOAD * self.cap:
+            self._resize(2 * self.cap)
+        slots, cap, tag = self.slots, self.cap, word >> _CBITS
+        i = self._home(word)
+        while True:
+            s = slots[i]
+            if not s:
+                slots[i] = word
+                self.owner[i] = owner
+                self.used += 1
+                return True
+            if s >> _CBITS == tag:
+                return False
+            i += 1
+            if i == cap:
+                i = 0
+
+    def _delete(self, i: int) -> None:
+        """Empty slot i and shift later members of its probe run back (no tombstones)."""
+        slots, owner, cap = self.slots, self.owner, self.cap
+        j = i
+        while True:
+            j += 1
+            if j == cap:
+                j = 0
+            s = slots[j]
+            if not s:
+                break
+            home = self._home(s)
+            # move s into the hole at i unless its home lies cyclically in (i, j]
+            if (home <= i < j) or (i < j < home) or (j < home <= i):
+                slots[i] = s
+                owner[i] = owner[j]
+                i = j
+        slots[i] = 0
+        owner[i] = 0
+        self.used -= 1
+
+    # --- per packet --------------------------------------------------------------------------------
     def lookup(self, dport: int, isn: int, sport: int) -> Entry | None:
-        entry = self.entries.get(port_key(dport, isn, sport))
-        if entry is None and self.portless_clients:
-            entry = self.entries.get(portless_key(dport, isn))
-        return entry
+        pi = self.port_index.get(dport)
+        if pi is None:
+            return None
+        base = (pi << 49) | ((isn & _U32) << 17)
+        tag = base | ((sport & 0xFFFF) << 1)
+        i = self._find(tag)
+        if i < 0 and self.portless_clients:
+            tag = base | 1
+            i = self._find(tag)
+        if i < 0:
+            return None
+        return self._entry(i, tag, dport)
 
-    def add(self, spec: ClientSpec, last: int) -> None:
-        """Enroll (or re-enroll) a client whose highest accepted counter is `last`."""
-        if spec.name in self.clients:
-            self.remove(spec.name)
-        state = ClientState(spec, last)
-        self.clients[spec.name] = state
-        if not spec.binding.port_bits:
-            self.portless_clients += 1
-        self._fill(state, max(0, last - self.window + 1), spent_below=last + 1)
-
-    def remove(self, name: str) -> None:
-        state = self.clients.pop(name, None)
-        if state is None:
-            return
-        if not state.spec.binding.port_bits:
-            self.portless_clients -= 1
-        for keys in state.keys.values():
-            for k in keys:
-                self.entries.pop(k, None)
-        state.keys.clear()
-
-    def sync(self, specs: Iterable[ClientSpec], lasts: dict[str, int]) -> None:
-        """Make the enrolled set equal `specs`. Known clients keep their in-memory counter if higher."""
-        wanted = {s.name: s for s in specs}
-        for name in list(self.clients):
-            if name not in wanted:
-                self.remove(name)
-        for name, spec in wanted.items():
-            current = self.clients.get(name)
-            last = lasts.get(name, 0)
-            if current is not None:
-                if current.spec == spec and current.last >= last:
-                    continue
-                last = max(last, current.last)
-            self.add(spec, last)
+    def _entry(self, i: int, tag: int, dport: int) -> Entry:
+        index = self.owner[i]
+        last = self._last[index]
+        # the slot keeps the counter's low bits; the counter is the one within last-W+1 .. last+W
+        low = self.slots[i] & _CMASK
+        counter = last - self.window + 1 + ((low - (last - self.window + 1)) & _CMASK)
+        return Entry(self, index, counter, dport, tag)
 
     def consume(self, entry: Entry, accepted: Accepted) -> int:
         """Spend entry's counter and every lower one; refill the window. Returns the new last counter."""
-        state = entry.client
-        counter = entry.counter
-        assert not entry.spent and counter > state.last
-        entry.accepted = accepted
-        old_last = state.last
-        state.last = counter
-        for c in range(old_last + 1, counter + 1):
-            for k in state.keys.get(c, ()):
-                self.entries[k].spent = True
-        for c in [c for c in state.keys if c <= counter - self.window]:
-            for k in state.keys.pop(c):
-                self.entries.pop(k, None)
-        self._fill(state, old_last + self.window + 1, spent_below=counter + 1)
-        return counter
+        assert entry.counter > self._last[entry.index]
+        self._advance(entry.index, entry.counter)
+        self.accepted[entry.tag] = accepted
+        if len(self.accepted) > RETRANSMIT_CACHE_MAX:
+            self.accepted.popitem(last=False)
+        return entry.counter
 
-    def _fill(self, state: ClientState, start: int, spent_below: int) -> None:
-        spec = state.spec
-        stop = min(state.last + self.window, COUNTER_MAX)
-        for counter in range(max(start, 1), stop + 1):
-            if counter in state.keys:
-                continue
-            keys = []
-            for dport in spec.ports:
-                isn, sport = wire(spec.key, spec.binding, dport, counter)
-                k = portless_key(dport, isn) if sport is None else port_key(dport, isn, sport)
-                if k in self.entries:  # a 2^-46 collision with another client: first one keeps it
-                    continue
-                self.entries[k] = Entry(state, counter, dport, spent=counter < spent_below)
-                keys.append(k)
-            state.keys[counter] = keys
+    # --- clients -----------------------------------------------------------------------------------
+    @property
+    def clients(self) -> Mapping[str, ClientState]:
+        return _Clients(self)
+
+    def name_of(self, index: int) -> str:
+        name = self._names[index]
+        assert name is not None
+        return name
+
+    def last_of(self, index: int) -> int:
+        return self._last[index]
+
+    def binding_of(self, index: int) -> Binding:
+        return self._shapes[self._shape[index]][0]
+
+    def ident_of(self, name: str) -> bytes:
+        i = self.index[name] * IDENT_BYTES
+        return bytes(self._idents[i : i + IDENT_BYTES])
+
+    def spec_of(self, index: int) -> ClientSpec:
+        binding, ports = self._shapes[self._shape[index]]
+        k = index * KEY_BYTES_PER_CLIENT
+        i = index * IDENT_BYTES
+        ident = bytes(self._idents[i : i + IDENT_BYTES])
+        return ClientSpec(
+            self.name_of(index), Secret(bytes(self._keys[k : k + KEY_BYTES_PER_CLIENT])), binding, ports,
+            b"" if ident == bytes(IDENT_BYTES) else ident,
+        )
+
+    def state_of(self, index: int) -> ClientState:
+        return ClientState(self.spec_of(index), self._last[index])
+
+    def counters(self) -> Iterator[tuple[str, int]]:
+        """(ident in hex, last accepted counter) of every enrolled client with an ident and a counter."""
+        for index in self.index.values():
+            last = self._last[index]
+            i = index * IDENT_BYTES
+            if last and any(self._idents[i : i + IDENT_BYTES]):
+                yield self._idents[i : i + IDENT_BYTES].hex(), last
+
+    def items(self) -> Iterator[tuple[int, Entry]]:
+        """Every token in the table as (tag, Entry): for tests and diagnostics."""
+        for i, s in enumerate(self.slots):
+            if s:
+                tag = s >> _CBITS
+                dport = next(p for p, pi in self.port_index.items() if pi == tag >> 49)
+                yield tag, self._entry(i, tag, dport)
+
+    def _same(self, index: int, spec: ClientSpec) -> bool:
+        k = index * KEY_BYTES_PER_CLIENT
+        i = index * IDENT_BYTES
+        return (
+            self._keys[k : k + KEY_BYTES_PER_CLIENT] == spec.key.value
+            and self._shapes[self._shape[index]] == (spec.binding, spec.ports)
+            and self._idents[i : i + IDENT_BYTES] == spec.ident.ljust(IDENT_BYTES, b"\0")
+        )
+
+    def add(self, spec: ClientSpec, last: int) -> None:
+        """Enroll (or re-enroll) a client whose highest accepted counter is `last`."""
+        if len(spec.key.value) != KEY_BYTES_PER_CLIENT or len(spec.ident) not in (0, IDENT_BYTES):
+            raise ValueError("a client key is 32 bytes and an ident 0 or 8 bytes")
+        if not 0 <= last <= COUNTER_MAX:
+            raise ValueError("counter out of 64-bit range")
+        self.remove(spec.name)
+        for p in spec.ports:
+            if p not in self.port_index:
+                if len(self.port_index) >= MAX_PORTS:
+                    raise ValueError(f"at most {MAX_PORTS} distinct protected ports")
+                self.port_index[p] = len(self.port_index)
+        shape_key = (spec.binding, spec.ports)
+        shape = self._shape_ids.get(shape_key)
+        if shape is None:
+            shape = self._shape_ids[shape_key] = len(self._shapes)
+            self._shapes.append(shape_key)
+        ident = spec.ident.ljust(IDENT_BYTES, b"\0")
+        if self._free:
+            index = self._free.pop()
+            self._names[index] = spec.name
+            k = index * KEY_BYTES_PER_CLIENT
+            self._keys[k : k + KEY_BYTES_PER_CLIENT] = spec.key.value
+            self._idents[index * IDENT_BYTES : (index + 1) * IDENT_BYTES] = ident
+            self._last[index] = last
+            self._shape[index] = shape
+        else:
+            index = len(self._names)
+            self._names.append(spec.name)
+            self._keys += spec.key.value
+            self._idents += ident
+            self._last.append(last)
+            self._shape.append(shape)
+        self.index[spec.name] = index
+        if not spec.binding.port_bits:
+            self.portless_clients += 1
+        self._fill(index, max(1, last - self.window + 1), min(last + self.window, COUNTER_MAX))
+
+    def remove(self, name: str) -> None:
+        index = self.index.pop(name, None)
+        if index is None:
+            return
+        last = self._last[index]
+        self._unfill(index, max(1, last - self.window + 1), min(last + self.window, COUNTER_MAX))
+        if not self._shapes[self._shape[index]][0].port_bits:
+            self.portless_clients -= 1
+        k = index * KEY_BYTES_PER_CLIENT
+        self._keys[k : k + KEY_BYTES_PER_CLIENT] = bytes(KEY_BYTES_PER_CLIENT)  # no stale key stays behind
+        self._names[index] = None
+        self._last[index] = 0
+        self._free.append(index)
+
+    def advance(self, name: str, last: int) -> None:
+        """Move a client's accepted counter forward to `last` (never back): learned from another worker
+        or an admin resync. Counters up to `last` become spent."""
+        index = self.index[name]
+        if last > self._last[index]:
+            self._advance(index, min(last, COUNTER_MAX))
+
+    def sync(self, clients: Iterable[tuple[ClientSpec, int]]) -> None:
+        """Make the enrolled set equal `clients` (spec, stored last counter), streamed once. Known clients
+        keep their in-memory counter if it is higher; a changed spec re-enrolls from the higher one."""
+        seen = bytearray(len(self._names))
+        for spec, last in clients:
+            index = self.index.get(spec.name)
+            if index is not None and self._same(index, spec):
+                if last > self._last[index]:
+                    self._advance(index, last)
+            else:
+                if index is not None:
+                    last = max(last, self._last[index])
+                self.add(spec, last)
+                index = self.index[spec.name]
+            if index >= len(seen):
+                seen.extend(bytes(index + 1 - len(seen)))
+            elif seen[index]:
+                raise ValueError(f"client {spec.name!r} is enrolled twice")
+            seen[index] = 1
+        for name, index in list(self.index.items()):
+            if index >= len(seen) or not seen[index]:
+                self.remove(name)
+
+    # --- filling and emptying a client's window ------------------------------------------------------
+    def _advance(self, index: int, last: int) -> None:
+        old, w = self._last[index], self.window
+        self._last[index] = last
+        series = self._series(index)
+        self._unfill(index, max(1, old - w + 1), min(old + w, last - w), series)
+        self._fill(index, max(old + w + 1, last - w + 1, 1), min(last + w, COUNTER_MAX), series)
+
+    def _series(self, index: int) -> list[tuple[int, Callable[[int], tuple[int, int | None]]]]:
+        binding, ports = self._shapes[self._shape[index]]
+        k = index * KEY_BYTES_PER_CLIENT
+        key = Secret(bytes(self._keys[k : k + KEY_BYTES_PER_CLIENT]))
+        return [(self.port_index[p], wire_series(key, binding, p)) for p in ports]
+
+    def _fill(self, index: int, first: int, stop: int,
+              series: list[tuple[int, Callable[[int], tuple[int, int | None]]]] | None = None) -> None:
+        """Insert the tokens of counters first..stop (the start-up hot loop: _put inlined)."""
+        if first > stop:
+            return
+        series = series if series is not None else self._series(index)
+        need = self.used + (stop - first + 1) * len(series)
+        if need > MAX_LOAD * self.cap:
+            self._resize(max(2 * self.cap, math.ceil(need / MAX_LOAD)))
+        slots, owner, cap = self.slots, self.owner, self.cap
+        added = 0
+        for pi, one in series:
+            high = pi << 49
+            for counter in range(first, stop + 1):
+                isn, sport = one(counter)
+                tag = high | (isn << 17) | (1 if sport is None else sport << 1)
+                i = (isn * cap) >> 32
+                while True:
+                    s = slots[i]
+                    if not s:
+                        slots[i] = (tag << _CBITS) | (counter & _CMASK)
+                        owner[i] = index
+                        added += 1
+                        break
+                    if s >> _CBITS == tag:  # a 2^-53 collision with another token: the first keeps it
+                        break
+                    i += 1
+                    if i == cap:
+                        i = 0
+        self.used += added
+
+    def _unfill(self, index: int, first: int, stop: int,
+                series: list[tuple[int, Callable[[int], tuple[int, int | None]]]] | None = None) -> None:
+        if first > stop:
+            return
+        for pi, one in series if series is not None else self._series(index):
+            for counter in range(first, stop + 1):
+                isn, sport = one(counter)
+                tag = _tag(pi, isn, sport)
+                i = self._find(tag)
+                if i >= 0 and self.owner[i] == index and self.slots[i] & _CMASK == counter & _CMASK:
+                    self._delete(i)
+                    self.accepted.pop(tag, None)

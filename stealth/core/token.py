@@ -7,6 +7,7 @@
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stealth.constants import (
@@ -109,6 +110,31 @@ def wire(key: Secret, binding: Binding, dport: int, counter: int) -> tuple[int, 
     token = mac(key, TOKEN_PERSON, token_input(binding, dport, counter), TOKEN_DIGEST_BYTES)
     word0, word1 = struct.unpack_from("!II", token)
     return 1 + word0 % ISN_MODULUS, binding.ports.port(word1) if binding.port_bits else None
+
+
+def wire_series(key: Secret, binding: Binding, dport: int) -> "Callable[[int], tuple[int, int | None]]":
+    """wire() for one (key, binding, dport) and many counters: the keyed BLAKE2b state over the input's
+    fixed prefix is computed once and copied per counter (incremental hashing gives the same digest).
+    This is what lets the server precompute millions of tokens at start."""
+    prefix = token_input(binding, dport, 0)
+    at = len(prefix) - 9 - len(binding.source or b"")  # offset of the 8-byte counter
+    base = hashlib.blake2b(prefix[:at], digest_size=TOKEN_DIGEST_BYTES, key=key.value, person=TOKEN_PERSON)
+    suffix = prefix[at + 8 :]
+    pack, unpack = struct.Struct("!Q").pack, struct.Struct("!II").unpack_from
+    low, step, count = binding.ports.low, binding.ports.step, binding.ports.count
+
+    def one(counter: int) -> tuple[int, int | None]:
+        h = base.copy()
+        h.update(pack(counter) + suffix)  # struct.error outside 0 .. 2^64-1
+        word0, word1 = unpack(h.digest())
+        return 1 + word0 % ISN_MODULUS, low + step * (word1 % count)
+
+    def isn_only(counter: int) -> tuple[int, int | None]:
+        h = base.copy()
+        h.update(pack(counter) + suffix)
+        return 1 + unpack(h.digest())[0] % ISN_MODULUS, None
+
+    return one if binding.port_bits else isn_only
 
 
 def session_key(key: Secret, binding: Binding, dport: int, counter: int) -> Secret:
