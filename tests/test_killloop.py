@@ -196,12 +196,14 @@ class Loop:
     # --- state -------------------------------------------------------------------------------------
     def sample_counters(self) -> None:
         """The server's stored counters (enrollment id -> counter), plus each client's last used one."""
+        from stealth_connect.profiles import read_counter
+
         from stealth.server_state import ServerState
 
         sample: dict[str, int] = dict(ServerState(self.sl.state_dir).load_counters())  # snapshot + journal
         for name, cdir in self.sl.client_dirs.items():
-            for f in (cdir / "counters").glob("*.json"):
-                sample[f"client {name}"] = int(json.loads(f.read_text())["last_used"])
+            for f in (cdir / "counters").glob("*.ctr"):
+                sample[f"client {name}"] = read_counter(f).last_used
         self.samples.append(sample)
 
     # --- the loop ----------------------------------------------------------------------------------

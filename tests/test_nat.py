@@ -2,7 +2,6 @@
 # carries ~13.8 of the token's bits. Here a real client sits behind a router namespace that masquerades,
 # once keeping source ports (plain MASQUERADE) and once rewriting them (--random-fully). What the server
 # receives is checked from a capture on the server's own interface.
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,9 +29,11 @@ def nl() -> Iterator[Any]:
 
 
 def last_used(nl: Any, name: str) -> int:
-    paths = list((nl.sl.client_dirs[name] / "counters").glob("*.json"))  # one key, one counter file
+    from stealth_connect.profiles import read_counter
+
+    paths = list((nl.sl.client_dirs[name] / "counters").glob("*.ctr"))  # one key, one counter file
     assert len(paths) <= 1
-    return int(json.loads(paths[0].read_text())["last_used"]) if paths else 0
+    return read_counter(paths[0]).last_used if paths else 0
 
 
 def tokens(nl: Any, name: str, counters: range) -> list[Any]:

@@ -1,7 +1,6 @@
 # Why: the admin and client command lines as a user meets them: files are created 0600, bad or unsafe
 # files get one line naming the file and the fault with a non-zero exit, and no secret is ever printed.
 import base64
-import json
 import os
 import stat
 import subprocess
@@ -218,11 +217,12 @@ def test_inspect_rejects_a_non_capture(server: Path, tmp_path: Path) -> None:
     one_line_error(cli("inspect", str(junk), "--state-dir", str(server)), str(junk))
 
 
-def test_counter_file_is_json_and_durable_before_use(server: Path, tmp_path: Path) -> None:
-    from stealth_connect.profiles import ClientStore, take_counter
+def test_counter_file_is_one_per_key_and_saved_before_use(server: Path, tmp_path: Path) -> None:
+    from stealth_connect.profiles import ClientStore, read_counter, take_counter
 
     profile = enroll(server, "alice", tmp_path / "a.toml")
     store = ClientStore(tmp_path / "c")
     path = store.counter_path(profile)
     assert [take_counter(path) for _ in range(3)] == [1, 2, 3]
-    assert json.loads(path.read_text())["last_used"] == 3
+    assert read_counter(path).last_used == 3  # read back from the file (tests/test_client_counter.py)
+    assert [p.name for p in (tmp_path / "c" / "counters").glob("*.ctr")] == [path.name]

@@ -77,10 +77,10 @@ class StealthLab(Roles):
 
     def counter(self, name: str) -> int:
         """The last counter `name`'s client used (one key, one counter file)."""
-        import json
+        from stealth_connect.profiles import read_counter
 
-        (path,) = (self.client_dirs[name] / "counters").glob("*.json")
-        return int(json.loads(path.read_text())["last_used"])
+        (path,) = (self.client_dirs[name] / "counters").glob("*.ctr")
+        return read_counter(path).last_used
 
     def status(self) -> dict[str, Any]:
         import json
