@@ -1,7 +1,7 @@
 # Why: the client's counter file (client/stealth_connect/counter.py) is what stops a client from ever
 # putting one counter into two SYNs. These tests hold it to that under torn and corrupted slots,
 # migration from the old .json file, concurrent takers in several processes, and kill -9 at random
-# instants.
+# instants; and check the in-process profile cache never serves a changed or unsafe profile.
 import os
 import random
 import signal
@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from conftest import ROOT, stealth_bin
 from stealth_connect import counter as ctr
+from stealth_connect import profiles
 from stealth_connect.profiles import (
     ClientStore,
     CounterState,
+    load_profile,
     read_counter,
     record_success,
     take_counter,
@@ -320,3 +322,33 @@ def test_counter_path_is_one_file_per_key(tmp_path: Path) -> None:
     assert store.counter_path(a) == store.counter_path(a)
     assert store.counter_path(a) != store.counter_path(b)
     assert store.counter_path(a).suffix == ".ctr" and store.counter_path(a).parent == tmp_path / "counters"
+
+
+def test_profile_cache_never_serves_a_changed_or_unsafe_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(profiles, "RACY_SECONDS", 0)
+    monkeypatch.setattr(profiles, "_profiles", {})
+    path = tmp_path / "a.toml"
+    one = Profile(name="a", server_id="s", key=Secret(b"\1" * 32), ports=(22,))
+    two = Profile(name="a", server_id="s", key=Secret(b"\2" * 32), ports=(22,))
+    write_toml(path, one.to_doc())
+    first = load_profile(path)
+    assert load_profile(path) is first  # unchanged: reused
+    write_toml(path, two.to_doc())  # re-issued: same size, new key
+    assert load_profile(path).key == two.key
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as e:
+        load_profile(path)
+    assert "readable by group or others" in str(e.value)
+    path.chmod(0o600)
+    assert load_profile(path).key == two.key
+
+
+def test_profile_changed_within_the_racy_window_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(profiles, "_profiles", {})
+    path = tmp_path / "a.toml"
+    write_toml(path, Profile(name="a", server_id="s", key=Secret(b"\1" * 32), ports=(22,)).to_doc())
+    assert load_profile(path) is not load_profile(path)  # just written: not cached

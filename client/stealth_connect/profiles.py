@@ -2,10 +2,18 @@
 # key (counters/<keyid>.ctr, so every host alias of one profile shares one counter sequence), with the
 # lock that makes concurrent stealth-connect runs take distinct counters. The counter is saved durably
 # *before* the SYN that uses it leaves, so a crash can skip counters but never reuse one (counter.py).
+# A process that connects repeatedly (the library API) keeps each parsed profile and its key id while
+# the file's inode, size, mode, owner and timestamps stay the same (files changed in the last 2 s are
+# re-read every time, since a change within one timestamp tick would not show).
+import functools
 import os
 import re
+import stat
+import threading
+import time
 from pathlib import Path
 
+from stealth.core.secret import Secret
 from stealth.core.token import key_id
 from stealth.errors import ClientError
 from stealth.profile import Profile
@@ -35,8 +43,44 @@ def host_filename(host: str) -> str:
     return _SAFE_HOST.sub("_", host)
 
 
+_StatKey = tuple[int, int, int, int, int, int, int]
+_profiles: dict[Path, tuple[_StatKey, Profile]] = {}
+_profiles_lock = threading.Lock()
+
+
+RACY_SECONDS = 2  # a file changed this recently may change again within one timestamp tick: not cached
+
+
+def _stat_key(path: Path) -> _StatKey | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+        return None  # never served from the cache: read_toml gives the one-line error
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 1_000_000_000:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
+
+
 def load_profile(path: Path) -> Profile:
-    return Profile.from_doc(path, read_toml(path, secret=True))
+    """Parse a profile (0600 enforced); repeated loads of an unchanged file reuse the parsed one."""
+    cache_key = Path(path).absolute()
+    before = _stat_key(cache_key)
+    with _profiles_lock:
+        hit = _profiles.get(cache_key)
+    if before is not None and hit is not None and hit[0] == before:
+        return hit[1]
+    profile = Profile.from_doc(path, read_toml(path, secret=True))
+    if before is not None and _stat_key(cache_key) == before:  # unchanged while we read it
+        with _profiles_lock:
+            _profiles[cache_key] = (before, profile)
+    return profile
+
+
+@functools.lru_cache(maxsize=64)
+def _key_id(key: Secret) -> str:
+    return key_id(key)
 
 
 class ClientStore:
@@ -49,7 +93,7 @@ class ClientStore:
     def counter_path(self, profile: Profile) -> Path:
         """One counter per key: a re-issued profile (new key) starts a new sequence by itself. The
         directory is created with the counter file, at the first take_counter."""
-        return self.dir / "counters" / f"{key_id(profile.key)}{SUFFIX}"
+        return self.dir / "counters" / f"{_key_id(profile.key)}{SUFFIX}"
 
     def import_profile(self, source: Path, host: str) -> Path:
         profile = load_profile(source)
