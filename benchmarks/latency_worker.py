@@ -9,10 +9,29 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RETRY_S = 0.005
+CLIENT_PHASES = ("take_counter", "knock_socket", "record_success")
+
+
+def time_phases(module: Any, acc: dict[str, float]) -> None:
+    """Wrap the client steps connect() calls (looked up in its module at call time) so each in-process
+    sample also says how long it spent in them; the rest of a sample is the SYN -> SYN-ACK round trip
+    through the server plus the profile lookup and token derivation (tens of microseconds)."""
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                acc[name] += time.perf_counter() - t
+        return timed
+
+    for name in CLIENT_PHASES:
+        setattr(module, name, wrap(name, getattr(module, name)))
 
 
 def connect_until_open(addr: tuple[str, int], deadline: float) -> int:
@@ -52,9 +71,16 @@ def main() -> None:
     def plain() -> None:
         socket.create_connection((srv, cfg["port_plain"]), timeout=2).close()
 
+    acc = dict.fromkeys(CLIENT_PHASES, 0.0)
+    phases: dict[str, list[float]] = {name: [] for name in CLIENT_PHASES}
+    time_phases(sys.modules["stealth_connect.connect"], acc)
+
     def stealth_inproc() -> None:
+        acc.update(dict.fromkeys(CLIENT_PHASES, 0.0))
         sock, _ = connect(srv, cfg["port_stealth"], store=store, timeout=2, retries=2)
         sock.close()
+        for name in CLIENT_PHASES:
+            phases[name].append(acc[name])
 
     def stealth_process() -> None:
         a, b = socket.socketpair()
@@ -91,7 +117,7 @@ def main() -> None:
                 errors[name].append(repr(e)[:200])
             if name in cleanup:
                 subprocess.run(cleanup[name], check=False, capture_output=True)
-    print(json.dumps({"times": times, "errors": errors}))
+    print(json.dumps({"times": times, "errors": errors, "in_process_phases": phases}))
 
 
 if __name__ == "__main__":

@@ -158,6 +158,13 @@ def render(r: dict[str, Any]) -> str:
                   f"its fixed-size counter file) + record_success {ms(dw['client_record_success_ms'])} "
                   f"(diagnostics, no sync); server save_counters (1,001 clients) "
                   f"{ms(dw['server_save_counters_1001_ms'])} (an atomic write with two fsyncs).", ""]
+    ph = kc.get("stealth_in_process_phases_p50_ms")
+    if ph:
+        lines += ["In-process connect() by phase, medians per sample: take_counter "
+                  f"{ms(ph['take_counter'])}, socket setup (TCP_REPAIR, bind) {ms(ph['knock_socket'])}, "
+                  f"record_success {ms(ph['record_success'])}; the rest of the p50 ({ms(ph['rest'])}) is "
+                  "the SYN -> SYN-ACK round trip through the server, plus profile lookup and token "
+                  "derivation.", ""]
     sl = r.get("ssh_login", {})
     lines += ["Full ssh login (`ssh ... true`), alternating:", "",
               "| login | n | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|"]
