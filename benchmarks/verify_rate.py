@@ -5,7 +5,9 @@
 # whether any SYN was lost, the processed rate, and busy % per core.
 # On two cores a flood measures the sender's core (sender, veth, netfilter, queueing) as much as the
 # consumer, so each consumer is also timed alone: stopped (SIGSTOP) while its queue is pre-filled with
-# junk, then resumed and timed from the queue's kernel counters until the queue is empty.
+# junk, then resumed and timed from the queue's kernel counters until the queue is empty. The
+# --workers 2 server is timed the same way with both queues pre-filled and both workers resumed at once,
+# one per core: the scaling target is judged on that drain against the single process's.
 import ctypes
 import json
 import os
@@ -25,6 +27,7 @@ from netlab import run as run_argv
 from benchmarks.common import (
     BUILD,
     QueueCounters,
+    background_busy,
     cpu_busy,
     cpu_times,
     note_command,
@@ -78,6 +81,7 @@ class Runner:
         self.tokens = tokens
         self.offset = 0  # next unused token record: each valid knock is sent once
         self.consumer_pid = 0
+        self.cpu_pids: list[int] = []  # whose CPU counts as the consumer's, if not consumer_pid's (workers)
         self.counts: Callable[[], dict[str, int]] = lambda: {}
 
     def probe(self, mode: str, rate: float, seconds: float | None = None) -> Probe:
@@ -89,10 +93,10 @@ class Runner:
         self.drain()
         counts0 = self.counts()
         q0 = queue_counters(ns, QUEUE) or QueueCounters(QUEUE, 0, 0, 0, 0)
-        c0, p0 = cpu_times(), proc_cpu_seconds(self.consumer_pid)
+        c0, p0 = cpu_times(), self.consumer_cpu()
         r = subprocess.run(argv, capture_output=True, text=True, check=True)
         q1 = queue_counters(ns, QUEUE) or q0
-        c1, p1 = cpu_times(), proc_cpu_seconds(self.consumer_pid)
+        c1, p1 = cpu_times(), self.consumer_cpu()
         out = json.loads(r.stdout)
         self.offset = int(out["next_offset"]) if tokens else self.offset
         self.drain()
@@ -106,6 +110,9 @@ class Runner:
         return Probe(rate, int(out["sent"]), float(out["rate_pps"]), secs, ids + full,
                      full + q1.user_dropped - q0.user_dropped, q1.waiting, processed, processed / secs,
                      cpu_busy(c0, c1), 100 * (p1 - p0) / secs, int(out["valid_sent"]), counts)
+
+    def consumer_cpu(self) -> float:
+        return sum(proc_cpu_seconds(p) for p in self.cpu_pids or [self.consumer_pid])
 
     def drain(self, limit_s: float = 60) -> None:
         """Wait until the queue is empty (a probe must not start on the last one's backlog)."""
@@ -199,110 +206,255 @@ NETLINK_NETFILTER = 12
 SYS_PIDFD_GETFD = 438  # x86_64 and aarch64
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 DRAIN_SOCKET_BYTES_PER_PACKET = 2048  # well above a 128-byte copy's netlink message, so none is lost
+# the reader shares core 0 with worker 0: polled every 0.2 ms (as for a lone consumer) it took ~16% of
+# that core, every 2 ms ~5%; the 90% and 10% crossings are interpolated between samples
+WORKERS_DRAIN_POLL_S = 0.005
 
 
-def consumer_socket(pid: int) -> socket.socket:
-    """The consumer's own NFQUEUE netlink socket, duplicated into this process (pidfd_getfd, as root):
-    a message sent on it comes from the queue's owner, so the kernel lets it configure that queue."""
-    inodes = set()
+def _netlink_inodes(pid: int, portid: int | None = None) -> set[int]:
+    """Inodes of the NETLINK_NETFILTER sockets in `pid`'s network namespace (only the one bound to
+    `portid`, if given)."""
+    out = set()
     for line in Path(f"/proc/{pid}/net/netlink").read_text().splitlines()[1:]:
         f = line.split()
-        if int(f[1]) == NETLINK_NETFILTER:
-            inodes.add(int(f[-1]))
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-            pidfd = os.pidfd_open(pid)
+        if int(f[1]) == NETLINK_NETFILTER and (portid is None or int(f[2]) == portid):
+            out.add(int(f[-1]))
+    return out
+
+
+def _queue_portid(pid: int, queue: int) -> int | None:
+    """The netlink port id of the process bound to `queue` (peer_portid in nfnetlink_queue)."""
+    for line in Path(f"/proc/{pid}/net/netfilter/nfnetlink_queue").read_text().splitlines():
+        v = line.split()
+        if int(v[0]) == queue:
+            return int(v[1])
+    return None
+
+
+def consumer_socket(pids: list[int], queue: int = QUEUE) -> tuple[int, socket.socket]:
+    """The NFQUEUE netlink socket bound to `queue`, found among the processes `pids` (the one whose
+    port id the kernel lists for the queue), duplicated into this process (pidfd_getfd, as root): a
+    message sent on it comes from the queue's owner, so the kernel lets it configure that queue.
+    Returns (the owner's pid, the socket)."""
+    inodes = _netlink_inodes(pids[0], _queue_portid(pids[0], queue))
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                new = int(libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0))
-                if new < 0:
-                    raise OSError(ctypes.get_errno(), "pidfd_getfd")
-            finally:
-                os.close(pidfd)
-            return socket.socket(fileno=new)
-    raise RuntimeError(f"no NFQUEUE netlink socket in process {pid}")
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                pidfd = os.pidfd_open(pid)
+                try:
+                    libc = ctypes.CDLL(None, use_errno=True)
+                    new = int(libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0))
+                    if new < 0:
+                        raise OSError(ctypes.get_errno(), "pidfd_getfd")
+                finally:
+                    os.close(pidfd)
+                return pid, socket.socket(fileno=new)
+    raise RuntimeError(f"no process of {pids} holds the netlink socket of NFQUEUE {queue}")
 
 
-def set_queue_len(pid: int, max_len: int, rcvbuf: int) -> None:
-    """Set the queue's max_len (NFQNL_MSG_CONFIG with NFQA_CFG_QUEUE_MAXLEN) and the consumer's socket
-    buffer, from outside the consumer: a benchmark-only change, undone after the drain probes."""
+def set_queue_len(pids: list[int], queue: int, max_len: int, rcvbuf: int) -> int:
+    """Set the queue's max_len (NFQNL_MSG_CONFIG with NFQA_CFG_QUEUE_MAXLEN) and its consumer's socket
+    buffer, from outside the consumer: a benchmark-only change, undone after the drain probes. Returns
+    the pid of the process that owns the queue."""
     attr = struct.pack("=HH", 8, 3) + struct.pack("!I", max_len)  # NFQA_CFG_QUEUE_MAXLEN
-    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, QUEUE) + attr
+    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue) + attr
     msg = struct.pack("=IHHII", 16 + len(body), 3 << 8 | 2, 1, 0, 0) + body  # QUEUE/CONFIG, REQUEST
-    with consumer_socket(pid) as s:
+    owner, sock = consumer_socket(pids, queue)
+    with sock as s:
         s.send(msg)
         s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+    return owner
 
 
-def _waiting(path: str) -> int:
+def _waiting(path: str, queues: list[int]) -> list[int]:
+    """Packets waiting in each of `queues` (0 for a queue nobody is bound to)."""
+    found = {}
     with open(path) as f:
         for line in f:
             v = line.split()
-            if int(v[0]) == QUEUE:
-                return int(v[2])
-    return 0
+            found[int(v[0])] = int(v[2])
+    return [found.get(q, 0) for q in queues]
 
 
-def one_drain(bl: BenchLab, pid: int, n: int) -> dict[str, Any]:
-    """Stop the consumer, queue about `n` junk SYNs at the sender's top speed, resume it and time how
-    fast the kernel's waiting count falls to 0 (this process samples it on core 0, the consumer runs on
-    core 1, the sender has finished)."""
-    ns, path = bl.srv.ns, f"/proc/{pid}/net/netfilter/nfnetlink_queue"
+def _crossing(samples: list[tuple[float, int]], level: float) -> float:
+    """When the waiting count first fell to `level`, interpolated between the two samples around it (so
+    a coarser poll does not round the time up to the next sample)."""
+    for i, (t, x) in enumerate(samples):
+        if x <= level:
+            if i == 0:
+                return t
+            t_prev, x_prev = samples[i - 1]
+            return t_prev + (t - t_prev) * (x_prev - level) / max(1, x_prev - x)
+    return samples[-1][0]
+
+
+def _resume(pids: list[int]) -> None:
+    """SIGCONT all `pids` in one kill(2) when they are one process group without this process (the
+    server and its workers; a lone consumer), so none starts ahead: with one signal each, the first
+    worker woken on this process's core preempted it and the second started milliseconds later. A
+    running member of the group (the workers' parent) ignores SIGCONT."""
+    groups = {os.getpgid(pid) for pid in pids}
+    if len(groups) == 1 and os.getpgrp() not in groups:
+        os.killpg(groups.pop(), signal.SIGCONT)
+    else:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def one_drain(bl: BenchLab, pids: list[int], queues: list[int], n: int, poll_s: float) -> dict[str, Any]:
+    """Stop the consumers `pids` (one per queue), queue about `n` junk SYNs (spread over `queues` by the
+    kernel's flow hash) at the sender's top speed, resume them all at once and time how fast the
+    kernel's summed waiting count falls to 0. This process samples it on core 0 every `poll_s` and its
+    own CPU is reported; the sender has finished."""
+    ns, path = bl.srv.ns, f"/proc/{pids[0]}/net/netfilter/nfnetlink_queue"
     q0 = queue_counters(ns, QUEUE) or QueueCounters(QUEUE, 0, 0, 0, 0)
     affinity = os.sched_getaffinity(0)
-    os.kill(pid, signal.SIGSTOP)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         argv = bl.flood_argv("junk", 0, n / 170_000)
         note_command(["ip netns exec ATK", *argv[4:]])
         sent = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
-        w, prev = _waiting(path), -1
+        w, prev = _waiting(path, queues), None
         while w != prev:  # until the last SYNs are through the softirq
             time.sleep(0.05)
-            w, prev = _waiting(path), w
+            w, prev = _waiting(path, queues), w
+        per_queue0 = w
         qf = queue_counters(ns, QUEUE) or q0
         os.sched_setaffinity(0, {0})
-        cpu0, p0 = cpu_times(), proc_cpu_seconds(pid)
+        cpu0, p0, h0 = cpu_times(), [proc_cpu_seconds(p) for p in pids], time.process_time()
         t0 = time.perf_counter()
-        os.kill(pid, signal.SIGCONT)
-        samples = [(0.0, w)]
-        while w and samples[-1][0] < 60:
-            time.sleep(0.0002)
-            w = _waiting(path)
-            samples.append((time.perf_counter() - t0, w))
-        cpu1, p1 = cpu_times(), proc_cpu_seconds(pid)
+        _resume(pids)
+        samples = [(0.0, sum(w))]
+        emptied: list[float | None] = [None] * len(queues)
+        while sum(w) and samples[-1][0] < 60:
+            time.sleep(poll_s)
+            w = _waiting(path, queues)
+            t = time.perf_counter() - t0
+            samples.append((t, sum(w)))
+            emptied = [e if e is not None or x else t for e, x in zip(emptied, w, strict=True)]
+        cpu1, p1, h1 = cpu_times(), [proc_cpu_seconds(p) for p in pids], time.process_time()
     finally:
-        os.kill(pid, signal.SIGCONT)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
         os.sched_setaffinity(0, affinity)
     queued = samples[0][1]
     total = samples[-1][0]
-    t90 = next(t for t, x in samples if x <= 0.9 * queued)
-    t10 = next(t for t, x in samples if x <= 0.1 * queued)
-    return {
+    t90, t10 = _crossing(samples, 0.9 * queued), _crossing(samples, 0.1 * queued)
+    consumer_s = sum(b - a for a, b in zip(p0, p1, strict=True))
+    busy = cpu_busy(cpu0, cpu1)
+    harness_pct = 100 * (h1 - h0) / total
+    out: dict[str, Any] = {
         "sent": int(sent["sent"]), "queued": queued, "lost_while_filling": (qf.dropped - q0.dropped)
-        + (qf.user_dropped - q0.user_dropped), "left_waiting": w, "drain_seconds": round(total, 4),
+        + (qf.user_dropped - q0.user_dropped), "left_waiting": sum(w), "drain_seconds": round(total, 4),
         "drain_pps": round(queued / total), "steady_pps": round(0.8 * queued / max(1e-9, t10 - t90)),
-        "consumer_cpu_pct": round(100 * (p1 - p0) / total, 1), "cpu_busy_pct_per_core": cpu_busy(cpu0, cpu1),
-        "samples": len(samples),
+        "consumer_cpu_pct": round(100 * consumer_s / total, 1), "cpu_busy_pct_per_core": busy,
+        "samples": len(samples), "harness_cpu_pct": round(harness_pct, 1),
+        # the rest of the busy time: other processes (other sessions on a shared machine), kernel threads
+        "other_cpu_pct": round(sum(busy) - 100 * consumer_s / total - harness_pct, 1),
+        # what the consumers did per CPU second they got: a share of a core lost to other work lowers
+        # the drain rate, not this
+        "syns_per_consumer_cpu_second": round(queued / max(1e-9, consumer_s)),
     }
+    if len(queues) > 1:
+        out.update({
+            "queued_per_queue": per_queue0,
+            "emptied_seconds_per_queue": [None if e is None else round(e, 4) for e in emptied],
+            "worker_cpu_pct": [round(100 * (b - a) / total, 1) for a, b in zip(p0, p1, strict=True)],
+        })
+    return out
 
 
-def prefill_drain(bl: BenchLab, runner: Runner, pid: int, n: int, repeats: int) -> dict[str, Any]:
-    """`repeats` drains of a pre-filled queue of about `n` junk SYNs; the median steady rate counts."""
+def _median(runs: list[dict[str, Any]], key: str) -> Any:
+    return sorted(r[key] for r in runs)[len(runs) // 2]
+
+
+def prefill_drain(bl: BenchLab, runner: Runner, pids: list[int], n: int, repeats: int,
+                  queues: tuple[int, ...] = (QUEUE,), poll_s: float = 0.0002) -> dict[str, Any]:
+    """`repeats` drains of pre-filled queues (about `n` junk SYNs per queue); the median steady rate
+    counts. `pids`: the consumer, or the processes among which each queue's owner is found."""
     runner.drain()
-    set_queue_len(pid, 2 * n, 2 * n * DRAIN_SOCKET_BYTES_PER_PACKET)
+    owners = []
     try:
-        runs = [one_drain(bl, pid, n) for _ in range(repeats)]
+        for q in queues:
+            owners.append(set_queue_len(pids, q, 2 * n, 2 * n * DRAIN_SOCKET_BYTES_PER_PACKET))
+        runs = [one_drain(bl, owners, list(queues), n * len(queues), poll_s) for _ in range(repeats)]
     finally:
-        set_queue_len(pid, NFQUEUE_MAX_LEN, NFQUEUE_MAX_LEN * NFQUEUE_SOCKET_BYTES_PER_PACKET)
-    steady = sorted(r["steady_pps"] for r in runs)
-    whole = sorted(r["drain_pps"] for r in runs)
-    return {"steady_pps": steady[len(steady) // 2], "drain_pps": whole[len(whole) // 2],
-            "consumer_cpu_pct": sorted(r["consumer_cpu_pct"] for r in runs)[len(runs) // 2],
+        for q in queues:
+            set_queue_len(pids, q, NFQUEUE_MAX_LEN, NFQUEUE_MAX_LEN * NFQUEUE_SOCKET_BYTES_PER_PACKET)
+    return {"steady_pps": _median(runs, "steady_pps"), "drain_pps": _median(runs, "drain_pps"),
+            "consumer_cpu_pct": _median(runs, "consumer_cpu_pct"),
+            "harness_cpu_pct": _median(runs, "harness_cpu_pct"), "poll_ms": poll_s * 1000,
+            "syns_per_consumer_cpu_second": _median(runs, "syns_per_consumer_cpu_second"),
+            "other_cpu_pct": _median(runs, "other_cpu_pct"),
             "queued": runs[0]["queued"], "runs": runs}
+
+
+# nice whose CFS weight is about N x nice 0's (1024): 2 -> 1991, 3 -> 3121, 4 -> 3906
+AUTOGROUP_NICE = {1: 0, 2: -3, 3: -5, 4: -6}
+
+
+def _autogroup_nice(path: Path) -> int | None:
+    """The nice of a process's autogroup ("/autogroup-123 nice 0"), None without autogroup scheduling."""
+    try:
+        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1":
+            return None
+        return int(path.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The children of `stealth server run --workers N` (its worker processes)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        kids += [int(x) for x in (task / "children").read_text().split()]
+    return kids
+
+
+def workers_drain(bl: BenchLab, runner: Runner, n: int, repeats: int, workers: int,
+                  poll_s: float) -> dict[str, Any]:
+    """The --workers server's queues pre-filled together (about `n` junk SYNs each, spread by the
+    kernel's flow hash over random spoofed sources), the worker of queue QUEUE+i pinned to core i, all
+    resumed at once; timed like the single consumer's drain, on the sum of the queues' waiting counts."""
+    queues = tuple(range(QUEUE, QUEUE + workers))
+    kids = worker_pids(bl.server_pid())
+    owners = [consumer_socket(kids, q) for q in queues]
+    for _, s in owners:
+        s.close()
+    pinned = {pid: core for core, (pid, _) in enumerate(owners)}
+    for pid, core in pinned.items():
+        run_argv(["taskset", "-a", "-pc", str(core % (os.cpu_count() or 1)), str(pid)])
+    # With autogroup scheduling every session shares one weight: the lone server had a whole group weight
+    # on its core, while the workers (one session) would split one group weight over two cores and get
+    # about a third of a core beside another session's busy task. Their group's nice is set so each
+    # worker has about the lone process's weight on its core, for the probe only.
+    group = Path(f"/proc/{bl.server_pid()}/autogroup")
+    nice0 = _autogroup_nice(group)
+    if nice0 is not None:
+        group.write_text(str(AUTOGROUP_NICE[workers]))
+    try:
+        runner.drain()
+        background = {"load_average": Path("/proc/loadavg").read_text().split()[:3],
+                      "cpu_busy_pct_per_core": background_busy()}
+        accepted0 = bl.accepted_counts().get("accepted_syns", 0)
+        out = prefill_drain(bl, runner, kids, n, repeats, queues, poll_s)
+        out["accepted"] = bl.accepted_counts().get("accepted_syns", 0) - accepted0
+    finally:
+        if nice0 is not None:
+            group.write_text(str(nice0))
+        for pid in pinned:
+            run_argv(["taskset", "-a", "-pc", f"0-{(os.cpu_count() or 1) - 1}", str(pid)])
+    out["worker_pid_core"] = {str(pid): core for pid, core in pinned.items()}
+    out["autogroup_nice"] = None if nice0 is None else AUTOGROUP_NICE[workers]
+    out["before"] = background  # other sessions' work on the cores just before, this harness idle
+    for key in ("worker_cpu_pct", "queued_per_queue", "emptied_seconds_per_queue"):
+        out[key] = [r[key] for r in out["runs"]]
+    return out
 
 
 PER_PACKET_SERVER = ("import sys, stealth.nfqueue as q; q.BATCH_DROPS = False; from stealth.cli import main; "
@@ -341,7 +493,7 @@ def c_consumer(bl: BenchLab, runner: Runner, mode: str,
         runner.consumer_pid = proc.pid
         res = runner.search("junk", 0, 2)
         if drain is not None:
-            res["prefill_drain"] = prefill_drain(bl, runner, proc.pid, *drain)
+            res["prefill_drain"] = prefill_drain(bl, runner, [proc.pid], *drain)
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
@@ -371,6 +523,15 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
                "consumer's socket buffer raised for the probe through its own netlink socket), consumer "
                "resumed alone on core 1; rate = SYNs drained / time, from the kernel's waiting count "
                "sampled every ~0.2 ms on core 0; steady = 90% -> 10% of the queue; median of the repeats",
+        "how_workers": "both workers stopped, about this many junk SYNs queued per queue (random spoofed "
+                       "sources, spread over queues 50 and 51 by the kernel's --queue-balance flow hash), "
+                       "queue 50's worker pinned to core 0 and queue 51's to core 1, both resumed by one "
+                       "SIGCONT to their process group; with autogroup scheduling their session's nice is "
+                       "set to -3 for the probe (a session's weight is shared by its tasks on all cores, so "
+                       "each worker then weighs on its core about what the lone process, its own session "
+                       "at nice 0, weighed on its one); the summed waiting count sampled every "
+                       f"{WORKERS_DRAIN_POLL_S * 1000:g} ms by this harness on core 0 (beside worker 0, its "
+                       "own CPU reported); steady = 90% -> 10% of the sum; median of the repeats",
     }
     # machine ceilings first, with the stealth server stopped (it owns the queue)
     bl.stop_server()
@@ -381,7 +542,7 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
     print("bench: verify: stealth server with per-packet drops, drain", file=sys.stderr, flush=True)
     start_per_packet_server(bl)
     runner.consumer_pid = bl.server_pid()
-    out["stealth_per_packet_drain"] = prefill_drain(bl, runner, bl.server_pid(), *drain)
+    out["stealth_per_packet_drain"] = prefill_drain(bl, runner, [bl.server_pid()], *drain)
     bl.stop_server()
     bl.start_server()
     runner.consumer_pid = bl.server_pid()
@@ -391,7 +552,7 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
     out["junk"] = runner.search("junk", 0, steps)
     print("bench: verify: stealth server, drain", file=sys.stderr, flush=True)
     accepted0 = bl.accepted_counts().get("accepted_syns", 0)
-    out["junk"]["prefill_drain"] = prefill_drain(bl, runner, bl.server_pid(), *drain)
+    out["junk"]["prefill_drain"] = prefill_drain(bl, runner, [bl.server_pid()], *drain)
     out["junk"]["prefill_drain"]["accepted"] = bl.accepted_counts().get("accepted_syns", 0) - accepted0
     junk_sat = max(1000.0, out["junk"]["processed_pps_at_saturation"])
     print("bench: verify: stealth server, 1% valid", file=sys.stderr, flush=True)
@@ -421,10 +582,23 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
     bl.stop_server()
     bl.start_server(workers=2)
     runner.consumer_pid = bl.server_pid()
+    runner.cpu_pids = worker_pids(bl.server_pid())  # the parent only supervises
     out["junk_2_workers"] = runner.search("junk", 0, steps)
     one = max(1, out["junk"]["processed_pps_at_saturation"])
     out["junk_2_workers"]["scaling_vs_1_worker"] = round(
         out["junk_2_workers"]["processed_pps_at_saturation"] / one, 2)
+    # the flood above is bounded by the sender's core; the drain shows what the two workers do alone
+    print("bench: verify: stealth server, 2 workers, drain", file=sys.stderr, flush=True)
+    two = out["junk_2_workers"]["prefill_drain"] = workers_drain(bl, runner, drain[0], drain[1], 2,
+                                                                  WORKERS_DRAIN_POLL_S)
+    one_drain_pps = out["junk"]["prefill_drain"]["steady_pps"]
+    two["scaling_vs_1_worker"] = round(two["steady_pps"] / max(1, one_drain_pps), 2)
+    # context, not the target: the ratio if each process had a whole core at the rate per CPU second it
+    # showed (other sessions' work takes part of these cores)
+    two["scaling_per_cpu_second"] = round(
+        2 * two["syns_per_consumer_cpu_second"]
+        / max(1, out["junk"]["prefill_drain"]["syns_per_consumer_cpu_second"]), 2)
+    runner.cpu_pids = []
     bl.stop_server()
     bl.start_server()
     out["tokens_used"] = runner.offset
