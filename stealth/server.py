@@ -11,10 +11,10 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 
-from stealth.constants import RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS
+from stealth.constants import RELOAD_POLL_SECONDS, RELOAD_STEP_SECONDS, STATUS_INTERVAL_SECONDS
 from stealth.core.gate import Gate, LogAccept, PersistCounter, Verdict
 from stealth.core.packet import Reason
 from stealth.core.table import TokenTable
@@ -42,9 +42,16 @@ def build_table(state: ServerState, config: ServerConfig, counters: dict[str, in
 
 
 def sync_table(table: TokenTable, state: ServerState, config: ServerConfig, counters: dict[str, int]) -> None:
+    for _ in sync_steps(table, state, config, counters):
+        pass
+
+
+def sync_steps(
+    table: TokenTable, state: ServerState, config: ServerConfig, counters: dict[str, int]
+) -> Iterator[None]:
     table.reserve(table.tokens_for(state.count_clients(), len(config.ports)))
     try:
-        table.sync(
+        yield from table.sync_steps(
             (spec, max(counters.get(spec.ident.hex(), 0), floor)) for spec, floor in state.iter_specs(config)
         )
     except ValueError as e:  # enrolled twice, too many distinct ports
@@ -52,6 +59,11 @@ def sync_table(table: TokenTable, state: ServerState, config: ServerConfig, coun
 
 
 def check_clients(state: ServerState, config: ServerConfig) -> None:
+    for _ in check_steps(state, config):
+        pass
+
+
+def check_steps(state: ServerState, config: ServerConfig, chunk: int = 2000) -> Iterator[None]:
     """Validate all of clients.jsonl without touching the table, so a bad reload keeps the old clients
     instead of leaving them half replaced (sync streams and changes the table as it reads)."""
     names: set[str] = set()
@@ -59,6 +71,8 @@ def check_clients(state: ServerState, config: ServerConfig) -> None:
         if spec.name in names:
             raise ConfigError(state.clients_path, f"client {spec.name!r} is enrolled twice")
         names.add(spec.name)
+        if len(names) % chunk == 0:
+            yield
 
 
 class Server:
@@ -80,6 +94,7 @@ class Server:
         self.reload_requested = False
         self.reload_error: str | None = None
         self._clients_stamp: tuple[int, int, int] | None = None
+        self._reload: Iterator[None] | None = None  # a reload in progress, advanced between queue polls
         self.reset_families: set[int] = set()
         self._pending: list[PendingAccept] = []
         self.good_list_fd: int | None = None
@@ -191,12 +206,18 @@ class Server:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def load(self, counters: dict[str, int] | None = None, validate: bool = True) -> None:
-        """(Re)load clients.jsonl into the table. Known clients keep their in-memory counters (they are at
-        least what is on disk); `counters` (from disk) matter for clients the table does not know yet."""
+        """(Re)load clients.jsonl into the table in one go (at start, and in the parent of workers)."""
+        for _ in self._load_steps(counters, validate):
+            pass
+
+    def _load_steps(self, counters: dict[str, int] | None = None, validate: bool = True) -> Iterator[None]:
+        """Known clients keep their in-memory counters (they are at least what is on disk); `counters`
+        (from disk) matter for clients the table does not know yet. A reload validates the whole file
+        first, so it is all or nothing (at start, a bad file stops the server anyway)."""
         stamp = self._stamp()
-        if validate:  # a reload is all or nothing (at start, a bad file stops the server anyway)
-            check_clients(self.state, self.config)
-        sync_table(self.table, self.state, self.config, counters or {})
+        if validate:
+            yield from check_steps(self.state, self.config)
+        yield from sync_steps(self.table, self.state, self.config, counters or {})
         self._by_ident = None
         self._clients_stamp = stamp
 
@@ -207,12 +228,24 @@ class Server:
             self._compact()
 
     def maybe_reload(self) -> None:
-        if not self.reload_requested and self._stamp() == self._clients_stamp:
-            return
-        self.reload_requested = False
+        """Start a reload when clients.jsonl changed (or on SIGHUP), and advance a running one by about
+        RELOAD_STEP_SECONDS of work: with a million clients a reload takes seconds, and the queue is
+        served between steps instead of waiting for all of it."""
+        if self._reload is None:
+            if not self.reload_requested and self._stamp() == self._clients_stamp:
+                return
+            self.reload_requested = False
+            self._reload = self._load_steps()
+        deadline = time.monotonic() + RELOAD_STEP_SECONDS
         try:
-            self.load()
+            next(self._reload)
+            while time.monotonic() < deadline:
+                next(self._reload)
+            return
+        except StopIteration:
+            self._reload = None
         except StealthError as e:
+            self._reload = None
             self._clients_stamp = self._stamp()
             self.reload_error = str(e)
             log.error("reload failed, keeping the previous clients: %s", e)
@@ -391,9 +424,9 @@ class Server:
     def _loop(self, queue: Queue, families: list[int]) -> None:
         next_status = next_reload = 0.0
         while not self.stop:
-            queue.poll(min(RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS) / 2)
+            queue.poll(0 if self._reload else min(RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS) / 2)
             now = time.monotonic()
-            if self.reload_requested or now >= next_reload:
+            if self._reload is not None or self.reload_requested or now >= next_reload:
                 self.maybe_reload()
                 next_reload = now + RELOAD_POLL_SECONDS
             if now >= next_status:

@@ -372,7 +372,15 @@ class TokenTable:
     def sync(self, clients: Iterable[tuple[ClientSpec, int]]) -> None:
         """Make the enrolled set equal `clients` (spec, stored last counter), streamed once. Known clients
         keep their in-memory counter if it is higher; a changed spec re-enrolls from the higher one."""
+        for _ in self.sync_steps(clients):
+            pass
+
+    def sync_steps(self, clients: Iterable[tuple[ClientSpec, int]], chunk: int = 2000) -> Iterator[None]:
+        """sync() in steps: yields after every `chunk` clients, so a server can keep answering packets
+        while a million clients reload. Each client is either wholly old or wholly new between steps;
+        clients missing from `clients` are removed at the end."""
         seen = bytearray(len(self._names))
+        n = 0
         for spec, last in clients:
             index = self.index.get(spec.name)
             if index is not None and self._same(index, spec):
@@ -388,6 +396,9 @@ class TokenTable:
             elif seen[index]:
                 raise ValueError(f"client {spec.name!r} is enrolled twice")
             seen[index] = 1
+            n += 1
+            if n % chunk == 0:
+                yield
         for name, index in list(self.index.items()):
             if index >= len(seen) or not seen[index]:
                 self.remove(name)
