@@ -65,8 +65,8 @@ def knock_to_connected(bl: BenchLab, samples: int) -> dict[str, Any]:
 def durable_writes(bl: BenchLab, n: int = 20) -> dict[str, float]:
     """What the counters' durability costs on this filesystem, per knock: the client's take_counter (one
     slot of its fixed-size counter file, pwrite + fdatasync) and record_success (diagnostics, no sync),
-    medians of 10*n calls after the file exists; and the server's save_counters of 1,001 clients before
-    its verdict."""
+    medians of 10*n calls after the file exists; and the server's commit of one knock before its verdict
+    (one journal record appended, one fdatasync), also the median of 10*n."""
     from stealth_connect.profiles import record_success, take_counter
 
     from stealth.server_state import ServerState
@@ -89,12 +89,16 @@ def durable_writes(bl: BenchLab, n: int = 20) -> dict[str, float]:
         record_success(path, c)
         recorded.append(time.perf_counter() - t)
     out["client_record_success_ms"] = round(statistics.median(recorded) * 1000, 3)
-    counters = {secrets.token_hex(8): 5 for _ in range(1001)}
-    state = ServerState(d)
-    t = time.perf_counter()
-    for _ in range(n):
-        state.save_counters(counters)
-    out["server_save_counters_1001_ms"] = round((time.perf_counter() - t) / n * 1000, 3)
+    log = ServerState(d).counter_log()
+    log.open()
+    ident = secrets.token_bytes(8)
+    appended = []
+    for c in range(10 * n):
+        t = time.perf_counter()
+        log.append([(ident, c + 1)])
+        appended.append(time.perf_counter() - t)
+    log.close()
+    out["server_commit_one_ms"] = round(statistics.median(appended) * 1000, 3)
     return out
 
 
