@@ -253,13 +253,15 @@ def render(r: dict[str, Any]) -> str:
             f"{f('build_table', 'start_seconds')} s | {rss} MiB | {f'{slots:,}' if slots else 'n/a'} | "
             f"{f('lookup', 'junk_receive_us')} µs | {f('lookup', 'accept_receive_us')} µs | "
             f"{f('lookup', 'refill_us')} µs | {f('lookup', 'commit_one_p50_ms')} ms | "
-            f"{f('reload', 'seconds')} s | {s.get('did_not_finish', '')} |")
+            f"{'not run (quick)' if 'reload' not in s else str(s['reload']['seconds']) + ' s'} | "
+            f"{s.get('did_not_finish', '')} |")
     per = sc.get("per_client", {})
     if per:
-        lines += ["", f"Per client: {per.get('rss_kib_per_client')} KiB RSS, "
-                      f"{per.get('build_table_ms_per_1k')} ms start per 1,000 -> 1M clients extrapolate to "
-                      f"**{per.get('extrapolated_1m_start_seconds')} s** and "
-                      f"**{per.get('extrapolated_1m_rss_gib')} GiB** (target ≤ 60 s, ≤ 1 GiB)."]
+        lines += ["", f"Per added client (slope between {per.get('from_sizes')} clients): "
+                      f"{per.get('rss_kib_per_client')} KiB of peak RSS and "
+                      f"{per.get('start_ms_per_1k')} ms of start per 1,000; a straight line through them "
+                      f"gives 1M clients {per.get('extrapolated_1m_start_seconds')} s and "
+                      f"{per.get('extrapolated_1m_rss_gib')} GiB (target ≤ 60 s, ≤ 1 GiB)."]
     if sc.get("startup_profile"):
         lines += ["", f"cProfile of the start-up path, {sc.get('startup_profile_clients'):,} clients:", "",
                   "```", sc["startup_profile"].strip(), "```"]

@@ -36,7 +36,7 @@ def _emit(**kw: Any) -> None:
     print(json.dumps(kw), flush=True)
 
 
-def child(state_dir: Path, junk_n: int, valid_n: int) -> None:
+def child(state_dir: Path, junk_n: int, valid_n: int, reload: bool = True) -> None:
     from benchmarks.packets import syn4
     from stealth.core.gate import Gate, Verdict
     from stealth.core.secret import Secret
@@ -94,6 +94,8 @@ def child(state_dir: Path, junk_n: int, valid_n: int) -> None:
           refill_us=round(accept_us - junk_us, 3), commit_one_p50_ms=round(commit_s[100] * 1e3, 3),
           rss_mib=round(_rss_kib() / 1024, 1),
           max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    if not reload:
+        return
     # a reload after one admin change: validate all of clients.jsonl, then sync the table with it
     state.revoke(names[-1])
     t = time.perf_counter()
@@ -133,15 +135,17 @@ def make_state(root: Path, n: int) -> tuple[Path, float]:
     return state_dir, time.perf_counter() - t
 
 
-def measure(root: Path, n: int, deadline_s: float, rss_limit_mib: int) -> dict[str, Any]:
+def measure(root: Path, n: int, deadline_s: float, rss_limit_mib: int,
+            reload: bool = True) -> dict[str, Any]:
     state_dir, write_s = make_state(root, n)
     result: dict[str, Any] = {
         "clients": n, "enroll_seconds": round(write_s, 2),
         "clients_file_mib": round((state_dir / "clients.jsonl").stat().st_size / 2**20, 1),
     }
     argv = [sys.executable, "-m", "benchmarks.scale", "child", str(state_dir), "100000",
-            str(min(n, 5000))]
-    note_command(["python", "-m", "benchmarks.scale", "child", "STATE_DIR", "100000", "min(N,5000)"])
+            str(min(n, 5000)), "reload" if reload else "no-reload"]
+    note_command(["python", "-m", "benchmarks.scale", "child", "STATE_DIR", "100000", "min(N,5000)",
+                  "reload" if reload else "no-reload"])
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
     start = time.monotonic()
     peak = 0
@@ -173,23 +177,26 @@ def _cleanup(path: Path) -> None:
 
 
 def run(root: Path, sizes: list[int], deadline_s: float, rss_limit_mib: int,
-        profile_n: int = 20_000) -> dict[str, Any]:
+        profile_n: int = 20_000, reload_below: int = 10**9) -> dict[str, Any]:
     out: dict[str, Any] = {"sizes": []}
     for n in sizes:
         print(f"bench: scale {n} clients", file=sys.stderr, flush=True)
-        out["sizes"].append(measure(root, n, deadline_s, rss_limit_mib))
-    # per-client costs from the largest finished size, and the start-up profile
-    done = [s for s in out["sizes"] if "build_table" in s and "did_not_finish" not in s]
-    if done:
-        big = max(done, key=lambda s: s["clients"])
-        per = {
-            "load_state_ms_per_1k": round(big["load_state"]["seconds"] / big["clients"] * 1e6, 2),
-            "build_table_ms_per_1k": round(big["build_table"]["seconds"] / big["clients"] * 1e6, 2),
-            "rss_kib_per_client": round(big["build_table"]["rss_mib"] * 1024 / big["clients"], 2),
-        }
+        out["sizes"].append(measure(root, n, deadline_s, rss_limit_mib, reload=n < reload_below))
+    # per-client costs: the slope between the smallest and the largest finished size (so the
+    # interpreter's fixed start-up cost is not charged per client), and the start-up profile
+    done = sorted((s for s in out["sizes"] if "build_table" in s and "did_not_finish" not in s),
+                  key=lambda s: s["clients"])
+    if len(done) >= 2:
+        small, big = done[0], done[-1]
+        dn = big["clients"] - small["clients"]
+        sec = (big["build_table"]["start_seconds"] - small["build_table"]["start_seconds"]) / dn
+        rss = (big["build_table"]["max_rss_mib"] - small["build_table"]["max_rss_mib"]) / dn
+        per = {"start_ms_per_1k": round(sec * 1e6, 2), "rss_kib_per_client": round(rss * 1024, 3),
+               "from_sizes": [small["clients"], big["clients"]]}
         per["extrapolated_1m_start_seconds"] = round(
-            (per["load_state_ms_per_1k"] + per["build_table_ms_per_1k"]) * 1000 / 1000, 1)
-        per["extrapolated_1m_rss_gib"] = round(per["rss_kib_per_client"] * 1e6 / 2**20, 2)
+            small["build_table"]["start_seconds"] + sec * (1_000_000 - small["clients"]), 1)
+        per["extrapolated_1m_rss_gib"] = round(
+            (small["build_table"]["max_rss_mib"] + rss * (1_000_000 - small["clients"])) / 1024, 2)
         out["per_client"] = per
     state_dir, _ = make_state(root, profile_n)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "profile", str(state_dir)],
@@ -204,6 +211,6 @@ def run(root: Path, sizes: list[int], deadline_s: float, rss_limit_mib: int,
 
 if __name__ == "__main__":
     if sys.argv[1] == "child":
-        child(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        child(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "reload")
     elif sys.argv[1] == "profile":
         profile_child(Path(sys.argv[2]))
