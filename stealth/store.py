@@ -1,7 +1,9 @@
-# Why: the only module that writes files. Every write is atomic and durable (temp file in the same
+# Why: every whole-file write goes through here. Each is atomic and durable (temp file in the same
 # directory, fsync, rename, fsync of the directory), created 0600, so a crash at any instant leaves
-# either the old or the new file, never a torn one, and a counter once saved is never lost. Reads of
-# secret files refuse group- or world-readable modes. Errors name the file and the fault, never content.
+# either the old or the new file, never a torn one. (The two hot-path counter files are updated in place
+# instead, with checksums and fdatasync: stealth/counterlog.py on the server, stealth_connect/counter.py
+# on the client; both are created through here.) Reads of secret files refuse group- or world-readable
+# modes. Errors name the file and the fault, never content.
 import contextlib
 import fcntl
 import json
