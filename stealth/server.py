@@ -37,6 +37,8 @@ def build_table(state: ServerState, config: ServerConfig, counters: dict[str, in
     """The token table of every enrolled client, sized once for all of them (W live + W spent tokens per
     client and port), from clients.jsonl streamed and the stored counters."""
     table = TokenTable(config.window)
+    # sized once, up front: growing later re-inserts every token (seconds at a million clients)
+    table.reserve(table.tokens_for(state.count_clients(), len(config.ports)))
     sync_table(table, state, config, counters)
     return table
 
@@ -49,7 +51,6 @@ def sync_table(table: TokenTable, state: ServerState, config: ServerConfig, coun
 def sync_steps(
     table: TokenTable, state: ServerState, config: ServerConfig, counters: dict[str, int]
 ) -> Iterator[None]:
-    table.reserve(table.tokens_for(state.count_clients(), len(config.ports)))
     try:
         yield from table.sync_steps(
             (spec, max(counters.get(spec.ident.hex(), 0), floor)) for spec, floor in state.iter_specs(config)
@@ -223,7 +224,9 @@ class Server:
 
     def start(self) -> None:
         """First load: repair and open the counter journal, build the table, and fold a long journal."""
-        self.load(self.log.open(), validate=False)
+        counters = self.log.open()
+        self.table.reserve(self.table.tokens_for(self.state.count_clients(), len(self.config.ports)))
+        self.load(counters, validate=False)
         if self.log.needs_compaction(len(self.table.clients)):
             self._compact()
 
