@@ -42,9 +42,10 @@ from stealth.store import (
     Fields,
     atomic_write,
     atomic_writer,
-    check_secret_mode,
+    check_file,
     ensure_dir,
     locked,
+    os_error,
     read_json,
     read_toml,
     write_json,
@@ -179,12 +180,10 @@ class ServerState:
         path = self.clients_path
         try:
             f = open(path, "rb")
-        except FileNotFoundError:
-            raise ConfigError(path, "does not exist") from None
         except OSError as e:
-            raise ConfigError(path, f"cannot read: {e.strerror}") from None
+            raise os_error(path, e) from None
         with f:
-            check_secret_mode(path, os.fstat(f.fileno()))
+            check_file(path, os.fstat(f.fileno()), secret=True)
             header = f.readline()
             try:
                 doc = json.loads(header)

@@ -60,34 +60,36 @@ def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE, durable:
         f.write(data)
 
 
-def check_secret_mode(path: Path, st: os.stat_result) -> None:
+def check_file(path: Path, st: os.stat_result, secret: bool = False) -> None:
+    """A regular file; if it holds keys (`secret`), readable by its owner only."""
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(path, "not a regular file")
-    if st.st_mode & 0o077:
+    if secret and st.st_mode & 0o077:
         raise ConfigError(
             path, f"holds keys but is readable by group or others (mode {st.st_mode & 0o777:o}); "
             "run chmod 600 on it"
         )
 
 
+def os_error(path: Path, e: OSError, doing: str = "read") -> ConfigError:
+    """The one-line error for a failed open or read of `path`."""
+    if isinstance(e, FileNotFoundError):
+        return ConfigError(path, "does not exist")
+    if isinstance(e, IsADirectoryError):
+        return ConfigError(path, "is a directory, expected a file")
+    if isinstance(e, PermissionError):
+        return ConfigError(path, "permission denied")
+    return ConfigError(path, f"cannot {doing}: {e.strerror}")
+
+
 def read_bytes(path: Path, secret: bool = False) -> bytes:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(path, "not a regular file")
-            if secret:
-                check_secret_mode(path, st)
+            check_file(path, os.fstat(f.fileno()), secret)
             return f.read()
-    except FileNotFoundError:
-        raise ConfigError(path, "does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(path, "is a directory, expected a file") from None
-    except PermissionError:
-        raise ConfigError(path, "permission denied") from None
     except OSError as e:
-        raise ConfigError(path, f"cannot read: {e.strerror}") from None
+        raise os_error(path, e) from None
 
 
 def read_toml(path: Path, secret: bool = False) -> dict[str, Any]:

@@ -17,18 +17,16 @@
 # restart at 0. The flock on <keyid>.lock keeps concurrent stealth-connect processes on distinct
 # counters. An old-format <keyid>.json is migrated on first use (the new file starts at its last_used).
 import contextlib
-import fcntl
 import os
-import stat
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stealth.constants import COUNTER_MAX, SECRET_FILE_MODE
+from stealth.constants import COUNTER_MAX
 from stealth.errors import ConfigError
-from stealth.store import Fields, atomic_write, ensure_dir, read_json
+from stealth.store import Fields, atomic_write, check_file, ensure_dir, locked, os_error, read_json
 
 SUFFIX = ".ctr"
 LEGACY_SUFFIX = ".json"
@@ -125,30 +123,11 @@ def parse(path: Path, image: bytes) -> _Current:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Exclusive flock on <keyid>.lock, on a fresh open file description each time, so it excludes
-    other threads of this process as well as other processes."""
-    lock = path.with_suffix(".lock")
-    try:
-        fd = _open_lock(lock)
-    except FileNotFoundError:
-        ensure_dir(path.parent)
-        fd = _open_lock(lock)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    """Exclusive flock on <keyid>.lock (a fresh open file description each time, so it excludes other
+    threads of this process as well as other processes), creating the counters directory if needed."""
+    ensure_dir(path.parent)
+    with locked(path.with_suffix(".lock")):
         yield
-    finally:
-        os.close(fd)  # releases the flock
-
-
-def _open_lock(lock: Path) -> int:
-    try:
-        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, SECRET_FILE_MODE)
-    except FileNotFoundError:
-        if lock.parent.is_dir():
-            raise ConfigError(lock, "cannot open lock file: no such file or directory") from None
-        raise
-    except OSError as e:
-        raise ConfigError(lock, f"cannot open lock file: {e.strerror}") from None
 
 
 def _open(path: Path) -> int | None:
@@ -157,16 +136,11 @@ def _open(path: Path) -> int | None:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise ConfigError(path, "is a directory, expected a file") from None
-    except PermissionError:
-        raise ConfigError(path, "permission denied") from None
     except OSError as e:
-        raise ConfigError(path, f"cannot open: {e.strerror}") from None
+        raise os_error(path, e, "open") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(path, "not a regular file")
+        check_file(path, st)
         if st.st_mode & 0o022:
             raise ConfigError(path, f"is writable by group or others (mode {st.st_mode & 0o777:o}); "
                               "run chmod 600 on it")
