@@ -11,6 +11,7 @@ from typing import Any, TextIO, TypeVar
 
 import click
 
+from stealth.backend import Backend, parse_assignment
 from stealth.constants import (
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
@@ -58,6 +59,14 @@ def ports_callback(ctx: click.Context, param: click.Parameter, value: str) -> tu
     return parse_ports(value)
 
 
+def backends_callback(ctx: click.Context, param: click.Parameter,
+                      value: tuple[str, ...]) -> tuple[tuple[int, Backend], ...]:
+    try:
+        return tuple(sorted(parse_assignment(v) for v in value))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.group()
 @click.version_option(package_name="stealth")
 def main() -> None:
@@ -85,14 +94,20 @@ def server() -> None:
               type=click.IntRange(1, 10_000_000),
               help="SYNs per second per source /24 (/64) queued for checking, for sources that never "
               "knocked successfully; the rest are treated as unauthenticated in the kernel.")
+@click.option("--backend", "backends", multiple=True, metavar="PORT=BACKEND", callback=backends_callback,
+              help="Where the service behind a protected port listens: HOST:PORT on loopback, or "
+              "unix:PATH (repeatable; default 127.0.0.1:PORT).")
 @reports_errors
 def init(state_dir: Path, server_id: str, ports: tuple[int, ...], window: int, queue: int, unauth: str,
-         syn_rate: int) -> None:
-    """Create a server state directory."""
+         syn_rate: int, backends: tuple[tuple[int, Backend], ...]) -> None:
+    """Create a server state directory. The services behind protected ports must listen on loopback
+    (or a Unix socket): stealth hands them the connections whose knock it accepted."""
     config = ServerConfig(server_id, ports, window, queue, unauth=unauth, syn_rate_per_second=syn_rate,
-                          syn_burst=2 * syn_rate)
+                          syn_burst=2 * syn_rate, backends=backends)
     ServerState(state_dir).init(config)
     click.echo(f"initialised {state_dir} (server id {server_id!r}, ports {','.join(map(str, ports))})")
+    for port in ports:
+        click.echo(f"  port {port}: accepted connections go to {config.backend(port)}")
 
 
 def source_port_options(f: F) -> F:
@@ -209,18 +224,20 @@ def resync(name: str, counter: int, state_dir: Path) -> None:
               help="NFQUEUE number (default: server.toml).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes, one NFQUEUE each (--queue-balance); a token still passes only once.")
-@click.option("--keep-rules-on-exit", is_flag=True,
-              help="Leave the rules in place on exit, so protected ports stay closed while stopped.")
+@click.option("--keep-rules-on-exit", is_flag=True, hidden=True,
+              help="Accepted for old units; the rules always stay in place on exit now.")
 @click.option("-v", "--verbose", count=True, help="-v: debug logging.")
 @reports_errors
 def run(state_dir: Path, queue: int | None, workers: int, keep_rules_on_exit: bool, verbose: int) -> None:
-    """Run the server in the foreground. Prints one 'ready' line once its rules are in place."""
+    """Run the server in the foreground. Prints one 'ready' line once its rules are in place. The rules
+    stay when it stops, however it stops, so protected ports stay closed; to take them out, stop the
+    server and run 'stealth server rules remove'."""
     from stealth.server import Server
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="stealth: %(message)s", stream=sys.stderr
     )
-    srv = Server(ServerState(state_dir), queue, keep_rules_on_exit, workers)
+    srv = Server(ServerState(state_dir), queue, workers)
 
     def ready(line: str) -> None:
         click.echo(f"stealth: {line}")
@@ -250,6 +267,18 @@ def rules_apply(state_dir: Path, confirm_within: float, queue: int | None) -> No
         return
     click.echo(f"stealth: not confirmed within {confirm_within:g} s: the previous rules are back", err=True)
     sys.exit(1)
+
+
+@rules.command("remove")
+@state_dir_option
+@reports_errors
+def rules_remove(state_dir: Path) -> None:
+    """Take every stealth rule out (for uninstall). Refused while the server runs. Afterwards knocks no
+    longer reach the services behind the protected ports: they listen on loopback only."""
+    from stealth.rules_apply import remove_rules
+
+    for line in remove_rules(ServerState(state_dir)):
+        click.echo(line)
 
 
 @rules.command("confirm")

@@ -34,6 +34,11 @@ RETRANSMIT_CACHE_MAX: Final = 65536
 DEFAULT_QUEUE_NUM: Final = 50
 DEFAULT_MARK: Final = 0x10000000
 MAX_PROTECTED_PORTS: Final = 15  # iptables multiport limit
+# The daemon's transparent listener on loopback, which TPROXY hands accepted knocks to. Above Linux's
+# ephemeral range (32768-60999), so no outgoing connection of the host can hold it.
+DEFAULT_ACCEPT_PORT: Final = 61050
+# How often the daemon checks that its rules are still installed (and reinstalls them).
+RULE_CHECK_SECONDS: Final = 1.0
 NFQUEUE_MAX_LEN: Final = 4096
 NFQUEUE_COPY_BYTES: Final = 128  # IPv4 60 + TCP 60 header bytes fit; a longer SYN carries data
 NFQUEUE_SOCKET_BYTES_PER_PACKET: Final = 832

@@ -3,18 +3,22 @@
 # Our rules live in chains of our own, filled atomically with iptables-restore --noflush, so a reinstall
 # never leaves a protected port open for an instant and no rule of anyone else is touched.
 #
-# Layout, per family (iptables and ip6tables):
-#   mangle INPUT  -p tcp -> STEALTH-q: other ports RETURN; loopback RETURN; ct-marked -> ACCEPT;
+# A protected port has no socket: the service listens on loopback (see backend.py). Layout, per family:
+#   mangle PREROUTING -p tcp -> STEALTH-q: other ports RETURN; loopback RETURN;
+#                   packet-marked (the SYN the daemon accepted) -> CONNMARK save, then TPROXY to the
+#                   daemon's transparent listener on loopback (accept_port);
+#                   ct-marked (the rest of an accepted connection, and its SYN's retransmissions) -> ACCEPT;
 #                   bare SYN from a source that knocked successfully before -> NFQUEUE;
-#                   bare SYN over the per-prefix rate (hashlimit) -> RETURN (not queued: unauthenticated);
-#                   bare SYN -> NFQUEUE (no --queue-bypass: fail closed)
-#   filter INPUT  -p tcp -> STEALTH-q: other ports RETURN; loopback RETURN; packet-marked (the SYN the
-#                   daemon accepted) -> CONNMARK save; ct-marked -> ACCEPT; then what the host does for
-#                   an unused port: DROP ("drop" mode), or REJECT tcp-reset for anything but a RST
-#                   ("reset" mode), made by the kernel, so the reply is the kernel's own closed-port RST.
-# NFQUEUE's accept ends only the mangle table, so the CONNMARK save must sit in the later filter table.
-# The daemon rejects a SYN by dropping it (drop mode) or by accepting it *unmarked* (reset mode), which
-# sends it on to the filter chain's REJECT; an accepted knock is the only packet that carries the mark.
+#                   bare SYN over the per-prefix rate (hashlimit) -> unauthenticated, not queued;
+#                   bare SYN -> NFQUEUE (no --queue-bypass: fail closed);
+#                   drop mode: everything else -> DROP. Reset mode: everything else goes on to the
+#                   kernel's TCP stack, which finds no socket and answers exactly as for an unused port.
+#   filter INPUT  -p tcp -> STEALTH-q: other ports RETURN; loopback RETURN; ct-marked -> ACCEPT (so a host
+#                   whose own INPUT chain drops the port still lets the accepted connection in).
+# The daemon accepts a knock with verdict REPEAT and the mark: the mangle chain runs again and the mark
+# sends the SYN to TPROXY (an NFQUEUE accept would end the table before it). It rejects a SYN with DROP
+# (drop mode) or an unmarked accept (reset mode). Neither relies on a later rule: if our rules vanish,
+# an unmarked SYN still meets no socket. No packet to an unprotected port passes through the daemon.
 # The rate limit's exemption list (xt_recent) holds sources that knocked successfully, so junk spoofed
 # from a real client's address cannot exhaust that client's prefix; the daemon adds to it on accept.
 import shutil
@@ -22,10 +26,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from stealth.constants import GOOD_SOURCE_SECONDS
+from stealth.backend import LOOPBACK
+from stealth.constants import DEFAULT_ACCEPT_PORT, GOOD_SOURCE_SECONDS
 from stealth.errors import FirewallError
 
 FAMILIES = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-restore")}
+HOOK_CHAINS = {"mangle": "PREROUTING", "filter": "INPUT"}
 
 
 UNAUTH_MODES = ("drop", "reset")
@@ -43,6 +49,7 @@ class RuleConfig:
     prefix_v6: int = 64
     good_seconds: int = GOOD_SOURCE_SECONDS
     workers: int = 1  # queues queue .. queue+workers-1, spread by flow (--queue-balance)
+    accept_port: int = DEFAULT_ACCEPT_PORT  # the daemon's transparent listener on loopback
 
     def __post_init__(self) -> None:
         if self.mode not in UNAUTH_MODES:
@@ -82,35 +89,26 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int) -> list[str]:
         f"-A {ch} -p tcp -m multiport ! --dports {ports} -j RETURN",
         f"-A {ch} -i lo -j RETURN",
     ]
-    if table == "mangle" and cfg.mode == "reset":
-        # Timing: the protected port's RST takes a trip through the queue. Send bare SYNs to every other
-        # port that has no socket (whose RST the kernel makes) through the same trip, so both RTTs match.
-        head = [
-            f"-A {ch} -i lo -j RETURN",
-            f"-A {ch} -p tcp -m multiport ! --dports {ports} ! --syn -j RETURN",
-            f"-A {ch} -p tcp -m multiport ! --dports {ports} -m socket -j RETURN",
-        ]
-    if table == "mangle":
-        queue = (f"-j NFQUEUE --queue-num {cfg.queue}" if cfg.workers == 1
-                 else f"-j NFQUEUE --queue-balance {cfg.queue_spec}")
-        prefix = cfg.prefix_v4 if family == 4 else cfg.prefix_v6
-        body = [
-            f"-A {ch} -m connmark --mark {mark} -j ACCEPT",
-            f"-A {ch} -p tcp --syn -m recent --name {cfg.good_list} --rcheck --seconds {cfg.good_seconds} "
-            f"{queue}",
-            f"-A {ch} -p tcp --syn -m hashlimit --hashlimit-above {cfg.syn_rate_per_second}/sec "
-            f"--hashlimit-burst {cfg.syn_burst} --hashlimit-mode srcip --hashlimit-srcmask {prefix} "
-            f"--hashlimit-name stealth{family}-{cfg.queue} -j RETURN",
-            f"-A {ch} -p tcp --syn {queue}",
-        ]
-    else:
-        body = [
-            f"-A {ch} -m mark --mark {mark} -j CONNMARK --save-mark --nfmask 0x{cfg.mark:x} "
-            f"--ctmask 0x{cfg.mark:x}",
-            f"-A {ch} -m connmark --mark {mark} -j ACCEPT",
-        ]
-        if cfg.mode == "reset":
-            body.append(f"-A {ch} -p tcp ! --tcp-flags RST RST -j REJECT --reject-with tcp-reset")
+    if table == "filter":
+        return [*head, f"-A {ch} -m connmark --mark {mark} -j ACCEPT"]
+    queue = (f"-j NFQUEUE --queue-num {cfg.queue}" if cfg.workers == 1
+             else f"-j NFQUEUE --queue-balance {cfg.queue_spec}")
+    prefix = cfg.prefix_v4 if family == 4 else cfg.prefix_v6
+    unauth = "DROP" if cfg.mode == "drop" else "RETURN"
+    body = [
+        f"-A {ch} -m mark --mark {mark} -j CONNMARK --save-mark --nfmask 0x{cfg.mark:x} "
+        f"--ctmask 0x{cfg.mark:x}",
+        f"-A {ch} -p tcp -m mark --mark {mark} -j TPROXY --on-port {cfg.accept_port} "
+        f"--on-ip {LOOPBACK[family]} --tproxy-mark {mark}",
+        f"-A {ch} -m connmark --mark {mark} -j ACCEPT",
+        f"-A {ch} -p tcp --syn -m recent --name {cfg.good_list} --rcheck --seconds {cfg.good_seconds} "
+        f"{queue}",
+        f"-A {ch} -p tcp --syn -m hashlimit --hashlimit-above {cfg.syn_rate_per_second}/sec "
+        f"--hashlimit-burst {cfg.syn_burst} --hashlimit-mode srcip --hashlimit-srcmask {prefix} "
+        f"--hashlimit-name stealth{family}-{cfg.queue} -j {unauth}",
+        f"-A {ch} -p tcp --syn {queue}",
+    ]
+    if cfg.mode == "drop":
         body.append(f"-A {ch} -j DROP")
     return head + body
 
@@ -124,12 +122,19 @@ def restore_input(cfg: RuleConfig, family: int = 4) -> str:
 
 def _jump(tool: str, table: str, op: str, cfg: RuleConfig) -> tuple[str, ...]:
     pos = ("1",) if op == "-I" else ()
-    return (tool, "-w", "-t", table, op, "INPUT", *pos, "-p", "tcp", "-j", cfg.chain)
+    return (tool, "-w", "-t", table, op, HOOK_CHAINS[table], *pos, "-p", "tcp", "-j", cfg.chain)
+
+
+def _legacy_jump(tool: str, cfg: RuleConfig) -> Step:
+    """Versions before the TPROXY layout jumped to the mangle chain from INPUT; its new rules are only
+    valid in PREROUTING, so that jump goes first."""
+    return Step((tool, "-w", "-t", "mangle", "-D", "INPUT", "-p", "tcp", "-j", cfg.chain), repeat=True,
+                tolerate=True)
 
 
 def plan_install(cfg: RuleConfig, family: int) -> list[Step]:
     tool, restore = FAMILIES[family]
-    steps = [Step((restore, "-w", "--noflush"), stdin=restore_input(cfg, family))]
+    steps = [_legacy_jump(tool, cfg), Step((restore, "-w", "--noflush"), stdin=restore_input(cfg, family))]
     for table in ("mangle", "filter"):
         steps.append(Step(_jump(tool, table, "-I", cfg), unless=_jump(tool, table, "-C", cfg)))
     return steps
@@ -138,6 +143,7 @@ def plan_install(cfg: RuleConfig, family: int) -> list[Step]:
 def plan_remove(cfg: RuleConfig, family: int) -> list[Step]:
     tool, _ = FAMILIES[family]
     steps = [Step(_jump(tool, t, "-D", cfg), repeat=True, tolerate=True) for t in ("mangle", "filter")]
+    steps.append(_legacy_jump(tool, cfg))
     for table in ("mangle", "filter"):
         steps.append(Step((tool, "-w", "-t", table, "-F", cfg.chain), tolerate=True))
         steps.append(Step((tool, "-w", "-t", table, "-X", cfg.chain), tolerate=True))
@@ -145,12 +151,30 @@ def plan_remove(cfg: RuleConfig, family: int) -> list[Step]:
 
 
 def available_families() -> list[int]:
-    """IPv4 always (it is required); IPv6 when the kernel has it and ip6tables is installed."""
-    families = [4]
-    tools = shutil.which("ip6tables") and shutil.which("ip6tables-restore")
-    if Path("/proc/net/if_inet6").exists() and tools:
-        families.append(6)
-    return families
+    """IPv4 always (it is required); IPv6 whenever the kernel has it. A host with IPv6 but without
+    ip6tables is refused: it would leave every protected port's IPv6 side without a gate."""
+    if not Path("/proc/net/if_inet6").exists():
+        return [4]
+    missing = [t for t in FAMILIES[6] if shutil.which(t) is None]
+    if missing:
+        raise FirewallError(f"this host has IPv6 but {missing[0]} was not found on PATH; install it "
+                            "(apt install iptables) or disable IPv6, or stealth cannot gate IPv6 knocks")
+    return [4, 6]
+
+
+def missing_rules(cfg: RuleConfig, family: int) -> str | None:
+    """None when our jumps and chains are all in place, else what is missing (someone flushed the
+    ruleset, restored an older one, or deleted a rule). Only presence is checked: `rules apply` may
+    legitimately install other contents."""
+    tool = FAMILIES[family][0]
+    for table, hook in HOOK_CHAINS.items():
+        result = _run((f"{tool}-save", "-t", table))
+        lines = result.stdout.splitlines() if result.returncode == 0 else []
+        if f"-A {hook} -p tcp -j {cfg.chain}" not in lines:
+            return f"{tool} {table} {hook} has no jump to {cfg.chain}"
+        if not any(line.startswith(f"-A {cfg.chain} ") for line in lines):
+            return f"{tool} {table} chain {cfg.chain} is missing or empty"
+    return None
 
 
 def _run(argv: tuple[str, ...], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -190,37 +214,6 @@ def install(cfgs: dict[int, RuleConfig]) -> None:
 def remove(cfgs: dict[int, RuleConfig]) -> None:
     for family, cfg in cfgs.items():
         apply(plan_remove(cfg, family))
-
-
-def host_unused_port_mode(family: int, chain: str) -> str:
-    """What this host does with a TCP packet to an unused port, read from its filter INPUT chain
-    (ignoring our own jump): "drop" when the policy is DROP or an unconditional DROP ends the chain,
-    otherwise "reset" (the kernel answers a closed port with RST, or a catch-all REJECT tcp-reset)."""
-    tool = FAMILIES[family][0]
-    result = _run((tool, "-w", "-S", "INPUT"))
-    if result.returncode != 0:
-        raise FirewallError(f"{tool} -S INPUT failed: {result.stderr.strip()}")
-    return unused_port_mode_from_rules(result.stdout.splitlines(), chain)
-
-
-def unused_port_mode_from_rules(lines: list[str], chain: str) -> str:
-    """Pure part of host_unused_port_mode, for tests."""
-    rules = [ln for ln in lines if ln.startswith("-A INPUT") and f"-j {chain}" not in ln]
-    catch_all = [r for r in rules if r.split(" -j ")[0].strip() in ("-A INPUT", "-A INPUT -p tcp")]
-    for rule in catch_all:
-        target = rule.split(" -j ", 1)[1]
-        if target.startswith("DROP"):
-            return "drop"
-        if target.startswith("REJECT"):
-            if "tcp-reset" in target:
-                return "reset"
-            raise FirewallError(
-                f"this host answers unused ports with '{target}', which stealth cannot mimic; "
-                "set unauth = \"drop\" or \"reset\" in server.toml"
-            )
-    if "-P INPUT DROP" in lines:
-        return "drop"
-    return "reset"
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ def verdict_batch_message(queue_num: int, max_id: int, verdict: int = _NF_DROP) 
 
 @dataclass(frozen=True)
 class AfterCommit:
-    """Accept with `mark`, but only once commit() has made the state behind it durable."""
+    """Accept with `mark` (verdict NF_REPEAT, so the table's rules see the mark), but only once
+    commit() has made the state behind it durable."""
 
     mark: int
 
@@ -147,9 +148,9 @@ class Queue:
             verdicts = [False] * len(held)
         for (pkt, mark), ok in zip(held, verdicts, strict=True):
             try:
-                if ok:
+                if ok:  # repeat: the mangle chain runs again, and its mark rules send it to TPROXY
                     pkt.set_mark(mark)
-                    pkt.accept()
+                    pkt.repeat()
                 else:
                     pkt.drop()
             except BaseException as e:  # noqa: BLE001

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from stealth.errors import StealthError
-from stealth.firewall import RuleConfig, Snapshot, available_families, install, restore, snapshot
+from stealth.firewall import RuleConfig, Snapshot, available_families, install, remove, restore, snapshot
 from stealth.server import Server
 from stealth.server_state import ServerState
 from stealth.store import atomic_write, read_bytes
@@ -38,6 +38,25 @@ def running_layout(state: ServerState) -> tuple[int, int] | None:
         return int(status["queue"]), int(status.get("workers", 1))
     except (KeyError, TypeError, ValueError, ProcessLookupError, PermissionError):
         return None
+
+
+def remove_rules(state: ServerState) -> list[str]:
+    """Remove our chains and jumps for every family; refused while a server runs on this state
+    directory (its check would put them back within a second). Returns what was done, as lines."""
+    running = running_layout(state)
+    if running is not None:
+        raise StealthError(f"{state.dir}: the server is running; stop it first, then remove the rules")
+    config = state.load_config()
+    families = available_families()
+    last = state.read_status() or {}  # the queue the last run used (--queue may override server.toml)
+    queue = last["queue"] if isinstance(last.get("queue"), int) else config.queue
+    rules = {f: RuleConfig(queue, config.ports, config.mark) for f in families}
+    remove(rules)
+    ports = ",".join(map(str, config.ports))
+    return [f"removed chain {rules[4].chain} and its jumps (mangle PREROUTING, filter INPUT) for "
+            f"{', '.join('IPv4' if f == 4 else 'IPv6' for f in families)}",
+            f"ports {ports} now get what the host gives any port without a socket; the services behind "
+            "them stay on loopback and no knock reaches them until 'stealth server run' again"]
 
 
 def apply_with_rollback(

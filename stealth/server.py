@@ -14,19 +14,27 @@ import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-from stealth.constants import RELOAD_POLL_SECONDS, RELOAD_STEP_SECONDS, STATUS_INTERVAL_SECONDS
+from stealth.acceptor import open_listeners, spawn
+from stealth.constants import (
+    RELOAD_POLL_SECONDS,
+    RELOAD_STEP_SECONDS,
+    RULE_CHECK_SECONDS,
+    STATUS_INTERVAL_SECONDS,
+)
 from stealth.core.gate import Gate, LogAccept, PersistCounter, Verdict
 from stealth.core.packet import Reason
 from stealth.core.table import TokenTable
 from stealth.errors import ConfigError, StealthError
-from stealth.firewall import RuleConfig, available_families, host_unused_port_mode, install, remove
+from stealth.firewall import RuleConfig, available_families, install
+from stealth.guard import Guard, public_listeners
+from stealth.hoststyle import host_unused_port_mode
 from stealth.nfqueue import AfterCommit, Queue
 from stealth.server_state import ServerConfig, ServerState
 from stealth.store import locked
 
 log = logging.getLogger("stealth.server")
 PendingAccept = tuple[PersistCounter | None, LogAccept | None, bytes]  # ..., the client's enrollment id
-NO_MARK = 0  # accept without setting a mark: the filter chain treats the packet as unauthenticated
+NO_MARK = 0  # accept without a mark: the kernel's stack finds no socket and answers as for an unused port
 
 
 def format_addr(raw: bytes) -> str:
@@ -76,14 +84,17 @@ def check_steps(state: ServerState, config: ServerConfig, chunk: int = 2000) -> 
             yield
 
 
+def exposed_message(listeners: list[str]) -> str:
+    return (f"a socket listens on a protected port's public address ({', '.join(listeners)}); the service "
+            "must listen on loopback only (for sshd: ListenAddress 127.0.0.1), stealth hands it the "
+            "accepted connections")
+
+
 class Server:
-    def __init__(
-        self, state: ServerState, queue: int | None = None, keep_rules: bool = False, workers: int = 1
-    ) -> None:
+    def __init__(self, state: ServerState, queue: int | None = None, workers: int = 1) -> None:
         self.state = state
         self.config = state.load_config()
         self.queue_num = self.config.queue if queue is None else queue
-        self.keep_rules = keep_rules
         self.workers = workers
         self.worker: int | None = None  # index of this worker process, None in the parent
         self.counts: collections.Counter[str] = collections.Counter()
@@ -99,12 +110,17 @@ class Server:
         self.reset_families: set[int] = set()
         self._pending: list[PendingAccept] = []
         self.good_list_fd: int | None = None
+        self.exposed: list[str] = []  # public listeners on protected ports: reject by dropping
+        self.guard: Guard | None = None  # in the process that checks the rules (not in workers)
 
     # --- packet path -------------------------------------------------------------------------------
     def reject(self, payload: bytes) -> int | None:
         """Verdict for an unauthenticated packet: drop it, or (reset mode) pass it on unmarked to the
-        filter chain, whose REJECT makes the kernel's own closed-port RST."""
-        return NO_MARK if payload and (payload[0] >> 4) in self.reset_families else None
+        kernel, which finds no socket on the protected port and answers with its own RST. While some
+        socket listens on a protected port's public address, always drop: never towards that socket."""
+        if self.exposed or not payload:
+            return None
+        return NO_MARK if (payload[0] >> 4) in self.reset_families else None
 
     def handle(self, payload: bytes) -> int | AfterCommit | None:
         decision = self.gate.receive(payload, time.monotonic())
@@ -262,6 +278,7 @@ class Server:
             "ports": list(self.config.ports),
             "families": families, "clients": len(self.table.clients), "table_entries": len(self.table),
             "counts": dict(sorted(self.counts.items())), "reload_error": self.reload_error,
+            "public_listeners": self.exposed, **(self.guard.status() if self.guard else {}),
         }
 
     # --- main loop ---------------------------------------------------------------------------------
@@ -271,16 +288,22 @@ class Server:
         mode = host_unused_port_mode(family, chain) if c.unauth == "auto" else c.unauth
         return RuleConfig(
             self.queue_num, c.ports, c.mark, mode, c.syn_rate_per_second, c.syn_burst, c.prefix_v4,
-            c.prefix_v6, workers=self.workers,
+            c.prefix_v6, workers=self.workers, accept_port=c.accept_port,
         )
 
     def run(self, ready: Callable[[str], None]) -> None:
+        """Serve until SIGTERM/SIGINT. The rules stay installed when the daemon stops, in any way: the
+        protected ports stay closed (only `stealth server rules remove` takes the rules out)."""
         with locked(self.state.run_lock, blocking=False):
             self.start()
             families = available_families()
+            self.exposed = public_listeners(self.config.ports)
+            if self.exposed:
+                raise ConfigError(self.state.config_path, exposed_message(self.exposed))
             rules = {f: self.rule_config(f) for f in families}
             self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
-            good_list = f"/proc/net/xt_recent/{rules[4].good_list}"
+            listeners = open_listeners(self.config.accept_port, families)
+            backends = {p: self.config.backend(p) for p in self.config.ports}
             queue = None
             if self.workers == 1:
                 queue = Queue(self.queue_num, self.handle, self.on_error, self.commit)
@@ -288,20 +311,13 @@ class Server:
             children: dict[int, int] = {}
             try:
                 install(rules)  # until the workers bind their queues, SYNs are dropped: fail closed
+                self.guard = Guard(rules, lambda: spawn(listeners, backends))
                 self.state.write_status({**self.status(families), "running": True})
-                try:
-                    self.good_list_fd = os.open(good_list, os.O_WRONLY)
-                except OSError as e:
-                    log.warning("no rate-limit exemption list (%s): %s", good_list, e)
+                self._open_good_list(rules[4].good_list)
                 try:
                     if queue is None:
                         children = self._start_workers(families)
-                    modes = ",".join(f"{'ipv4' if f == 4 else 'ipv6'}:{r.mode}" for f, r in rules.items())
-                    queues = rules[4].queue_spec.replace(":", "-")
-                    ready(
-                        f"ready queue={queues} ports={','.join(map(str, self.config.ports))} "
-                        f"clients={len(self.table.clients)} unauth={modes} workers={self.workers}"
-                    )
+                    ready(self._ready_line(rules))
                     if queue is not None:
                         self._loop(queue, families)
                     else:
@@ -313,15 +329,40 @@ class Server:
                     if self.good_list_fd is not None:
                         os.close(self.good_list_fd)
                         self.good_list_fd = None
-                    if not self.keep_rules:
-                        remove(rules)
+                    if self.guard is not None:
+                        self.guard.stop()
             finally:
                 if queue is not None:
                     queue.close()
+                for sock in listeners:
+                    sock.close()
                 self.log.close()
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
                 self.state.write_status({**self.status(families), "running": False})
+
+    def _open_good_list(self, name: str) -> None:
+        path = f"/proc/net/xt_recent/{name}"
+        try:
+            self.good_list_fd = os.open(path, os.O_WRONLY)
+        except OSError as e:
+            log.warning("no rate-limit exemption list (%s): %s", path, e)
+
+    def _ready_line(self, rules: dict[int, RuleConfig]) -> str:
+        modes = ",".join(f"{'ipv4' if f == 4 else 'ipv6'}:{r.mode}" for f, r in rules.items())
+        queues = rules[4].queue_spec.replace(":", "-")
+        return (f"ready queue={queues} ports={','.join(map(str, self.config.ports))} "
+                f"clients={len(self.table.clients)} unauth={modes} workers={self.workers}")
+
+    def _watch(self, now: float) -> None:
+        """About once a second: a public listener on a protected port makes every reject a drop; in the
+        checking process, missing rules are reinstalled and a dead acceptor restarted."""
+        exposed = public_listeners(self.config.ports)
+        if exposed and exposed != self.exposed:
+            log.error("%s; dropping every unauthenticated SYN until it is gone", exposed_message(exposed))
+        self.exposed = exposed
+        if self.guard is not None:
+            self.guard.check()
 
     # --- several worker processes (--workers N, NFQUEUE --queue-balance) ---------------------------------
     def _start_workers(self, families: list[int]) -> dict[int, int]:
@@ -353,6 +394,7 @@ class Server:
 
     def _worker_main(self, index: int, report_fd: int, families: list[int]) -> int:
         self.worker = index
+        self.guard = None  # the parent checks the rules and runs the acceptor
         self.stop = False
         self.counts.clear()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and tells us with SIGTERM
@@ -373,9 +415,12 @@ class Server:
 
     def _supervise(self, children: dict[int, int], families: list[int]) -> None:
         """Parent: restart a worker that dies; publish the workers' summed counts in status.json."""
-        next_status = 0.0
+        next_status = next_watch = 0.0
         while not self.stop:
             time.sleep(0.2)
+            if time.monotonic() >= next_watch:
+                self._watch(time.monotonic())
+                next_watch = time.monotonic() + RULE_CHECK_SECONDS
             for pid, index in list(children.items()):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
@@ -425,10 +470,13 @@ class Server:
         children.clear()
 
     def _loop(self, queue: Queue, families: list[int]) -> None:
-        next_status = next_reload = 0.0
+        next_status = next_reload = next_watch = 0.0
         while not self.stop:
             queue.poll(0 if self._reload else min(RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS) / 2)
             now = time.monotonic()
+            if now >= next_watch:
+                self._watch(now)
+                next_watch = now + RULE_CHECK_SECONDS
             if self._reload is not None or self.reload_requested or now >= next_reload:
                 self.maybe_reload()
                 next_reload = now + RELOAD_POLL_SECONDS

@@ -18,8 +18,10 @@ from typing import Any
 
 import nacl.utils
 
+from stealth.backend import Backend, default_backend, parse_backend
 from stealth.constants import (
     COUNTER_MAX,
+    DEFAULT_ACCEPT_PORT,
     DEFAULT_MARK,
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
@@ -70,6 +72,12 @@ class ServerConfig:
     syn_burst: int = DEFAULT_SYN_BURST
     prefix_v4: int = 24
     prefix_v6: int = 64
+    backends: tuple[tuple[int, Backend], ...] = ()  # (port, backend) where not the default
+    accept_port: int = DEFAULT_ACCEPT_PORT  # the daemon's transparent listener, on loopback
+
+    def backend(self, port: int) -> Backend:
+        """Where accepted connections to `port` go (by default the same port on 127.0.0.1)."""
+        return dict(self.backends).get(port) or default_backend(port)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,8 @@ class ServerState:
                 "queue": config.queue, "mark": config.mark, "unauth": config.unauth,
                 "syn_rate_per_second": config.syn_rate_per_second, "syn_burst": config.syn_burst,
                 "prefix_v4": config.prefix_v4, "prefix_v6": config.prefix_v6,
+                "accept_port": config.accept_port,
+                "backends": {str(port): str(b) for port, b in config.backends},
             })
             if not self.clients_path.exists():
                 atomic_write(self.clients_path, CLIENTS_HEADER)
@@ -137,6 +147,8 @@ class ServerState:
             syn_burst=f.integer("syn_burst", 1, 10_000_000, DEFAULT_SYN_BURST),
             prefix_v4=f.integer("prefix_v4", 8, 32, 24),
             prefix_v6=f.integer("prefix_v6", 16, 128, 64),
+            backends=read_backends(f),
+            accept_port=f.integer("accept_port", 1, 65535, DEFAULT_ACCEPT_PORT),
         )
         check_config(self.config_path, config)
         return config
@@ -341,6 +353,24 @@ def check_config(path: Path, config: ServerConfig) -> None:
         raise ConfigError(path, f"window: must be 1..{MAX_WINDOW}")
     if config.unauth not in UNAUTH_CHOICES:
         raise ConfigError(path, f"unauth: must be one of {', '.join(UNAUTH_CHOICES)}")
+    stray = [port for port, _ in config.backends if port not in config.ports]
+    if stray:
+        raise ConfigError(path, f"backends: port {stray[0]} is not a protected port")
+    if config.accept_port in config.ports:
+        raise ConfigError(path, "accept_port: must not be a protected port")
+
+
+def read_backends(f: Fields) -> tuple[tuple[int, Backend], ...]:
+    """server.toml's [backends] table: "PORT" = "BACKEND"."""
+    out = []
+    for key, value in sorted(f.get("backends", dict, {}).items()):
+        try:
+            if not key.isdigit() or not isinstance(value, str):
+                raise ValueError(f"{key!r}: expected \"PORT\" = \"HOST:PORT\" or \"unix:PATH\"")
+            out.append((int(key), parse_backend(value)))
+        except ValueError as e:
+            raise f.fault("backends", str(e)) from None
+    return tuple(out)
 
 
 CLIENTS_FORMAT = "stealth-clients-v1"

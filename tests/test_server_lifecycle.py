@@ -63,18 +63,30 @@ def test_refuses_to_start_without_rules_and_leaves_nothing(sl: Any) -> None:
     assert ruleset(sl.srv) == before
 
 
-def test_rules_installed_once_and_removed_exactly_on_sigterm(sl: Any) -> None:
+def test_rules_stay_on_every_stop_and_only_rules_remove_takes_them_out(sl: Any) -> None:
+    from stealthlab import tool
+
     before = ruleset(sl.srv)
     sl.start_server()
     installed = ruleset(sl.srv)
-    assert "NFQUEUE" in installed and "--queue-bypass" not in installed
-    sl.stop_server()
-    assert ruleset(sl.srv) == before
-    sl.start_server(["--keep-rules-on-exit"])
-    sl.stop_server()
+    assert "NFQUEUE" in installed and "TPROXY" in installed and "--queue-bypass" not in installed
+    sl.stop_server()  # SIGTERM
+    assert ruleset(sl.srv) == installed
     sl.start_server()  # reinstalling over rules left in place must not duplicate anything
     assert ruleset(sl.srv) == installed
+    assert sl.server_proc is not None
+    sl.server_proc.send_signal(signal.SIGINT)
+    sl.server_proc.wait(timeout=15)
+    sl.server_proc = None
+    assert ruleset(sl.srv) == installed
+    sl.start_server()
+    remove = [tool("stealth"), "server", "rules", "remove", "--state-dir", str(sl.state_dir)]
+    refused = sl.srv.run(remove, check=False)
+    assert refused.returncode == 1 and "running" in refused.stderr  # it would put them back at once
+    assert ruleset(sl.srv) == installed
     sl.stop_server()
+    removed = sl.srv.run(remove)
+    assert "removed chain STEALTH-50" in removed.stdout and "loopback" in removed.stdout
     assert ruleset(sl.srv) == before
 
 

@@ -26,8 +26,10 @@ def main() -> int:
     say("building namespaces: server 198.51.100.1 (sshd + stealth), client .2, attacker .3")
     with stealth_lab(server_id="demo-server", clients=("alice",), start=False) as sl:
         srv, cli, atk = sl.srv, sl.cli, sl.atk
-        # a typical firewalled host: unused ports drop silently
+        # a typical firewalled host: loopback and established traffic pass, unused ports drop silently;
+        # sshd listens on 127.0.0.1:22 only, and stealth hands it the connections whose knock it accepted
         established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
+        srv.run(["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"])
         srv.run(["iptables", "-A", "INPUT", *established])
         srv.run(["iptables", "-A", "INPUT", "-p", "tcp", "-j", "DROP"])
         sl.start_server()

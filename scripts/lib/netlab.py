@@ -207,8 +207,9 @@ def missing_tools(tools: Sequence[str]) -> list[str]:
 
 
 _SEND_RAW = """
-import socket, struct, sys
+import socket, struct, sys, time
 data = sys.stdin.buffer.read()
+gap = float(sys.argv[1])
 socks = {4: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW),
          6: socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)}
 sent = failed = 0
@@ -223,21 +224,23 @@ while i < len(data):
         dst = socket.inet_ntop(fam, raw)
         socks[6 if v6 else 4].sendto(p, (dst, 0))
         sent += 1
+        if gap:
+            time.sleep(gap)
     except (OSError, ValueError):
         failed += 1
 print(sent, failed)
 """
 
 
-def send_raw(host: Host, *packets: bytes, strict: bool = True) -> tuple[int, int]:
-    """Put raw IP packets on the wire from inside `host`, exactly as given, from one process.
-    Returns (sent, refused by the sender's kernel); with strict, any refusal raises."""
+def send_raw(host: Host, *packets: bytes, strict: bool = True, gap: float = 0.0) -> tuple[int, int]:
+    """Put raw IP packets on the wire from inside `host`, exactly as given, from one process, `gap`
+    seconds apart. Returns (sent, refused by the sender's kernel); with strict, any refusal raises."""
     import struct
     import sys
 
     blob = b"".join(struct.pack("!I", len(p)) + p for p in packets)
-    result = subprocess.run(host.argv([sys.executable, "-c", _SEND_RAW]), input=blob, capture_output=True,
-                            check=False)
+    result = subprocess.run(host.argv([sys.executable, "-c", _SEND_RAW, str(gap)]), input=blob,
+                            capture_output=True, check=False)
     if result.returncode != 0:
         raise LabError(f"raw send failed: {result.stderr.decode(errors='replace').strip()}")
     sent, failed = (int(x) for x in result.stdout.split())

@@ -89,11 +89,13 @@ class StealthLab(Roles):
         return doc
 
     def start_sshd(self, extra_ports: Sequence[int] = (2222,)) -> None:
-        """sshd on 22 (protected when the stealth server runs) and on unprotected extra ports."""
+        """sshd on loopback port 22 (the backend stealth hands accepted knocks on port 22 to, so the
+        public port 22 has no socket) and on unprotected extra ports on every address."""
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
         config = self.ssh_dir / "sshd_config"
+        extra = [f"ListenAddress {a}:{p}" for p in extra_ports for a in ("0.0.0.0", "[::]")]
         config.write_text("\n".join([
-            "Port 22", *(f"Port {p}" for p in extra_ports), "ListenAddress 0.0.0.0", "ListenAddress ::",
+            "ListenAddress 127.0.0.1:22", "ListenAddress [::1]:22", *extra,
             f"HostKey {self.ssh_dir / 'host_key'}", f"PidFile {self.ssh_dir / 'sshd.pid'}",
             f"AuthorizedKeysFile {self.ssh_dir / 'authorized_keys'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no",
@@ -204,3 +206,48 @@ def syns(packets: Sequence[Any], dst: str, dport: int) -> list[Any]:
         if ip is not None and tcp is not None and ip.dst == dst and tcp.dport == dport and tcp.flags == "S":
             out.append(p)
     return out
+
+
+_STRANGER = """
+import json, socket, sys, time
+target, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+fam = socket.AF_INET6 if ":" in target else socket.AF_INET
+out = {"attempts": 0, "connected": 0, "refused": 0, "silent": 0, "bytes": b""}
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    s = socket.socket(fam)
+    s.settimeout(0.2)
+    out["attempts"] += 1
+    try:
+        s.connect((target, port))
+        out["connected"] += 1
+        try:
+            out["bytes"] += s.recv(256)
+        except OSError:
+            pass
+    except ConnectionRefusedError:
+        out["refused"] += 1
+    except OSError:
+        out["silent"] += 1
+    finally:
+        s.close()
+    time.sleep(0.02)
+out["bytes"] = out["bytes"].decode("latin-1")
+print(json.dumps(out))
+"""
+
+
+def stranger(host: Host, target: str, port: int, seconds: float) -> "subprocess.Popen[str]":
+    """A plain client in `host` that connects to target:port over and over for `seconds`, reading
+    whatever comes; its stdout is one JSON line: attempts, connected, refused, silent, bytes."""
+    return host.popen([sys.executable, "-c", _STRANGER, target, str(port), str(seconds)])
+
+
+def stranger_result(proc: "subprocess.Popen[str]") -> dict[str, Any]:
+    import json
+
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode != 0:
+        raise LabError(f"stranger failed: {err}")
+    doc: dict[str, Any] = json.loads(out)
+    return doc
