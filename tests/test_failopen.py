@@ -117,8 +117,8 @@ def test_flushed_or_restored_ruleset_is_repaired_and_never_opens_the_service(
     if how.startswith("nft"):
         lab.srv.run(["nft", "flush", "ruleset"])
     else:
-        for tool, text in before.items():
-            lab.srv.run([f"{tool}-restore"], input=text)
+        for name, text in before.items():
+            lab.srv.run([f"{name}-restore"], input=text)
     repaired = _repair_time(lab, start)
     print(f"{host} host, {how}: rules reinstalled after {repaired:.2f} s")
     assert repaired < REPAIR_LIMIT_SECONDS
@@ -130,9 +130,9 @@ def test_flushed_or_restored_ruleset_is_repaired_and_never_opens_the_service(
     log = lab.stop_server()
     assert "firewall rules were removed by someone else" in log
     if how.startswith("nft") and host == "drop":  # the host's own rules went with the flush
-        for tool in ("iptables", "ip6tables"):
+        for name in ("iptables", "ip6tables"):
             for rule in DROP_RULES:
-                lab.srv.run([tool, "-A", *rule])
+                lab.srv.run([name, "-A", *rule])
 
 
 def test_unprotected_wildcard_service_does_not_depend_on_the_daemon(lab: Any) -> None:
@@ -145,7 +145,7 @@ def test_unprotected_wildcard_service_does_not_depend_on_the_daemon(lab: Any) ->
     def get() -> bool:
         r = lab.atk.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
                          f"http://{lab.srv.ip4}:8080/"], check=False)
-        return r.stdout == "200"
+        return bool(r.stdout == "200")
 
     try:
         assert get()

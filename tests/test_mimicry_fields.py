@@ -104,7 +104,6 @@ def answer(reply: Any | None) -> tuple[Any, ...] | None:
 
 def reply_to(packets: list[Any], lab: Any, sport: int) -> Any | None:
     from scapy.layers.inet import TCPerror
-    from scapy.layers.inet6 import TCPerror as TCPerror6  # noqa: F401 -- registers ICMPv6 payloads
 
     for p in packets:
         ip = p.getlayer("IP") or p.getlayer("IPv6")
@@ -151,7 +150,7 @@ def test_out_of_window_packet_on_an_open_session_gets_the_sockets_ack(lab: Any) 
         from netlab import wait_for
 
         def tuple_of_session() -> list[str]:
-            out = lab.srv.run(["ss", "-Htn", "state", "established", f"src {lab.srv.ip4}:22"]).stdout
+            out: str = lab.srv.run(["ss", "-Htn", "state", "established", f"src {lab.srv.ip4}:22"]).stdout
             return out.split()
 
         wait_for(lambda: bool(tuple_of_session()), timeout=20, what="the session")

@@ -21,7 +21,11 @@ def test_bulk_both_ways_at_once_with_half_close() -> None:
     got: dict[str, bytes] = {}
 
     def pump(sock: socket.socket, data: bytes, key: str) -> None:
-        sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+        def send() -> None:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
         sender.start()
         chunks = []
         while chunk := sock.recv(1 << 16):
