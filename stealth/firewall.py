@@ -7,7 +7,10 @@
 #   mangle PREROUTING -p tcp -> STEALTH-q: other ports RETURN; loopback RETURN;
 #                   packet-marked (the SYN the daemon accepted) -> CONNMARK save, then TPROXY to the
 #                   daemon's transparent listener on loopback (accept_port);
-#                   ct-marked (the rest of an accepted connection, and its SYN's retransmissions) -> ACCEPT;
+#                   a bare SYN of a ct-marked connection (the kernel's retransmission of an accepted SYN,
+#                   while conntrack still holds its handshake) -> TPROXY too: to its request socket, or to
+#                   the listener again if that socket already gave up;
+#                   ct-marked (the rest of an accepted connection) -> ACCEPT;
 #                   bare SYN from a source that knocked successfully before -> NFQUEUE;
 #                   bare SYN over the per-prefix rate (hashlimit) -> unauthenticated, not queued;
 #                   bare SYN -> NFQUEUE (no --queue-bypass: fail closed);
@@ -95,11 +98,12 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int) -> list[str]:
              else f"-j NFQUEUE --queue-balance {cfg.queue_spec}")
     prefix = cfg.prefix_v4 if family == 4 else cfg.prefix_v6
     unauth = "DROP" if cfg.mode == "drop" else "RETURN"
+    tproxy = f"-j TPROXY --on-port {cfg.accept_port} --on-ip {LOOPBACK[family]} --tproxy-mark {mark}"
     body = [
         f"-A {ch} -m mark --mark {mark} -j CONNMARK --save-mark --nfmask 0x{cfg.mark:x} "
         f"--ctmask 0x{cfg.mark:x}",
-        f"-A {ch} -p tcp -m mark --mark {mark} -j TPROXY --on-port {cfg.accept_port} "
-        f"--on-ip {LOOPBACK[family]} --tproxy-mark {mark}",
+        f"-A {ch} -p tcp -m mark --mark {mark} {tproxy}",
+        f"-A {ch} -p tcp --syn -m connmark --mark {mark} {tproxy}",
         f"-A {ch} -m connmark --mark {mark} -j ACCEPT",
         f"-A {ch} -p tcp --syn -m recent --name {cfg.good_list} --rcheck --seconds {cfg.good_seconds} "
         f"{queue}",

@@ -6,6 +6,7 @@
 import logging
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -55,7 +56,9 @@ def public_listeners(ports: Iterable[int], proc: Path = Path("/proc/net")) -> li
 
 
 class Guard:
-    """The periodic checks of the parent process: rules in place, acceptor alive."""
+    """The periodic checks of the parent process: rules in place, acceptor alive. Run inline by a
+    supervisor, or (start_thread) beside a process that serves the queue: reading the ruleset takes
+    milliseconds, which the packet loop must not wait for."""
 
     def __init__(self, rules: dict[int, RuleConfig],
                  acceptor: Callable[[], "subprocess.Popen[bytes]"]) -> None:
@@ -64,13 +67,19 @@ class Guard:
         self.acceptor = acceptor()
         self.repairs = 0
         self.last_problem: str | None = None
-        self._next = 0.0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def due(self, now: float, interval: float) -> bool:
-        if now < self._next:
-            return False
-        self._next = now + interval
-        return True
+    def start_thread(self, interval: float) -> None:
+        def loop() -> None:
+            while not self._stopping.wait(interval):
+                try:
+                    self.check()
+                except Exception as e:  # noqa: BLE001 -- the checks must go on
+                    log.error("rule check failed: %s", e)
+
+        self._thread = threading.Thread(target=loop, name="stealth-guard", daemon=True)
+        self._thread.start()
 
     def check(self) -> None:
         problems = [p for f, cfg in self.rules.items() if (p := missing_rules(cfg, f)) is not None]
@@ -87,6 +96,9 @@ class Guard:
             self.acceptor = self._spawn()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
         if self.acceptor.poll() is None:
             self.acceptor.terminate()
         try:

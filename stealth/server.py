@@ -317,6 +317,8 @@ class Server:
                 try:
                     if queue is None:
                         children = self._start_workers(families)
+                    else:
+                        self.guard.start_thread(RULE_CHECK_SECONDS)
                     ready(self._ready_line(rules))
                     if queue is not None:
                         self._loop(queue, families)
@@ -354,15 +356,12 @@ class Server:
         return (f"ready queue={queues} ports={','.join(map(str, self.config.ports))} "
                 f"clients={len(self.table.clients)} unauth={modes} workers={self.workers}")
 
-    def _watch(self, now: float) -> None:
-        """About once a second: a public listener on a protected port makes every reject a drop; in the
-        checking process, missing rules are reinstalled and a dead acceptor restarted."""
+    def _watch(self) -> None:
+        """About once a second: a public listener on a protected port makes every reject a drop."""
         exposed = public_listeners(self.config.ports)
         if exposed and exposed != self.exposed:
             log.error("%s; dropping every unauthenticated SYN until it is gone", exposed_message(exposed))
         self.exposed = exposed
-        if self.guard is not None:
-            self.guard.check()
 
     # --- several worker processes (--workers N, NFQUEUE --queue-balance) ---------------------------------
     def _start_workers(self, families: list[int]) -> dict[int, int]:
@@ -419,7 +418,9 @@ class Server:
         while not self.stop:
             time.sleep(0.2)
             if time.monotonic() >= next_watch:
-                self._watch(time.monotonic())
+                self._watch()
+                if self.guard is not None:
+                    self.guard.check()  # missing rules reinstalled, a dead acceptor restarted
                 next_watch = time.monotonic() + RULE_CHECK_SECONDS
             for pid, index in list(children.items()):
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -475,7 +476,7 @@ class Server:
             queue.poll(0 if self._reload else min(RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS) / 2)
             now = time.monotonic()
             if now >= next_watch:
-                self._watch(now)
+                self._watch()
                 next_watch = now + RULE_CHECK_SECONDS
             if self._reload is not None or self.reload_requested or now >= next_reload:
                 self.maybe_reload()

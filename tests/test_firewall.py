@@ -13,6 +13,7 @@ EXPECTED_RESTORE = """\
 -A STEALTH-50 -i lo -j RETURN
 -A STEALTH-50 -m mark --mark 0x10000000/0x10000000 -j CONNMARK --save-mark --nfmask 0x10000000 --ctmask 0x10000000
 -A STEALTH-50 -p tcp -m mark --mark 0x10000000/0x10000000 -j TPROXY --on-port 61050 --on-ip 127.0.0.1 --tproxy-mark 0x10000000/0x10000000
+-A STEALTH-50 -p tcp --syn -m connmark --mark 0x10000000/0x10000000 -j TPROXY --on-port 61050 --on-ip 127.0.0.1 --tproxy-mark 0x10000000/0x10000000
 -A STEALTH-50 -m connmark --mark 0x10000000/0x10000000 -j ACCEPT
 -A STEALTH-50 -p tcp --syn -m recent --name stealth-good-50 --rcheck --seconds 86400 -j NFQUEUE --queue-num 50
 -A STEALTH-50 -p tcp --syn -m hashlimit --hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-srcmask 24 --hashlimit-name stealth4-50 -j DROP
@@ -69,8 +70,10 @@ def test_fail_closed_invariants() -> None:
     assert rules[-1] == "-A STEALTH-50 -j DROP"  # drop mode: the last word on a protected port is DROP
     queued = [ln for ln in rules if "NFQUEUE" in ln]
     assert len(queued) == 2 and all("-p tcp --syn " in ln for ln in queued)  # only bare SYNs
-    # nothing but the daemon's packet mark leads to TPROXY, and only protected ports get this far
-    assert [ln for ln in rules if "TPROXY" in ln] == [rules[3]] and "-m mark --mark 0x10000000/" in rules[3]
+    # nothing but the daemon's mark (on the packet, or on the connection of a resent SYN) leads to TPROXY,
+    # and only protected ports get this far
+    assert [ln for ln in rules if "TPROXY" in ln] == rules[3:5]
+    assert "-m mark --mark 0x10000000/" in rules[3] and "--syn -m connmark --mark 0x10000000/" in rules[4]
     assert rules[0] == "-A STEALTH-50 -p tcp -m multiport ! --dports 22,2222 -j RETURN"
 
 
