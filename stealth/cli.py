@@ -133,18 +133,20 @@ def parse_port_range(port_range: str, port_step: int) -> PortRange:
 @click.argument("name")
 @click.option("--ports", required=True, callback=ports_callback, help="Ports this client may knock on.")
 @state_dir_option
-@click.option("--profile-out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the client's profile (mode 0600). Hand it over privately.")
+@click.option("--profile-out", required=True, type=click.Path(path_type=Path),
+              help="Where to write the client's profile (mode 0600); with --devices, a directory for "
+              "NAME@DEVICE.toml each. Hand them over privately.")
+@click.option("--devices", default=None, metavar="DEVICE,DEVICE",
+              help="One person, several devices: enroll NAME@DEVICE for each, every one with its own key "
+              "and counters (two devices sharing one profile push each other out of the window).")
 @click.option("--bind-source", default=None, help="Bind tokens to this client source address.")
 @source_port_options
 @reports_errors
-def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: Path, no_port_bits: bool,
-               bind_source: str | None, port_range: str, port_step: int) -> None:
+def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: Path, devices: str | None,
+               no_port_bits: bool, bind_source: str | None, port_range: str, port_step: int) -> None:
     """Enroll a client: a fresh random key, written to its profile."""
-    from stealth.store import write_toml
+    from stealth.store import ensure_dir, write_toml
 
-    if profile_out.exists():
-        raise ConfigError(profile_out, "already exists; refusing to overwrite a profile")
     prange = parse_port_range(port_range, port_step)
     try:
         if bind_source:
@@ -152,16 +154,27 @@ def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: 
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     state = ServerState(state_dir)
-    profile = state.add_client(name, ports, not no_port_bits, bind_source, prange)
+    if devices is not None:
+        names = [f"{name}@{d.strip()}" for d in devices.split(",") if d.strip()]
+        if not names:
+            raise click.BadParameter("expected device names, e.g. laptop,desktop", param_hint="--devices")
+        ensure_dir(profile_out)
+        outs = [profile_out / f"{n}.toml" for n in names]
+    else:
+        names, outs = [name], [profile_out]
+    taken = [out for out in outs if out.exists()]
+    if taken:
+        raise ConfigError(taken[0], "already exists; refusing to overwrite a profile")
+    profiles = state.add_clients(names, ports, not no_port_bits, bind_source, prange)
     try:
-        write_toml(profile_out, profile.to_doc())
+        for profile, out in zip(profiles, outs, strict=True):
+            write_toml(out, profile.to_doc())
     except StealthError:
-        state.revoke(name)
+        state.revoke(*names)
         raise
-    click.echo(
-        f"enrolled {name!r} for ports {','.join(map(str, profile.ports))}; profile written to {profile_out} "
-        f"(token {token_bits(profile.binding):.1f} bits)"
-    )
+    for profile, out in zip(profiles, outs, strict=True):
+        click.echo(f"enrolled {profile.name!r} for ports {','.join(map(str, profile.ports))}; profile "
+                   f"written to {out} (token {token_bits(profile.binding):.1f} bits)")
 
 
 @server.command("add-clients")

@@ -2,7 +2,7 @@
 # the adapters, the docs and the tests can never disagree about a number.
 from typing import Final
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 1  # the version byte in the token's MAC input (docs/PROTOCOL.md is at 2)
 
 # Keys and derivation labels (BLAKE2b "personalisation", 16 bytes each).
 KEY_BYTES: Final = 32
@@ -25,10 +25,20 @@ DEFAULT_PORT_STEP: Final = 2
 DEFAULT_WINDOW: Final = 16
 MAX_WINDOW: Final = 1024
 
-# How long an accepted SYN's exact retransmissions (same 4-tuple and ISN) still pass.
-# Linux retransmits a SYN for about 127 s with tcp_syn_retries=6.
-RETRANSMIT_GRACE_SECONDS: Final = 135.0
-RETRANSMIT_CACHE_MAX: Final = 65536
+# Recovery: a client that may be past the window knocks with the token of counter
+# RECOVERY_COUNTER_FLAG | slot, slot = unix time // RECOVERY_SLOT_SECONDS. The server holds the tokens of
+# its slot and RECOVERY_SLOT_SKEW on either side, and accepts one only while it would move the client's
+# counter forward, to recovery_base(slot) = slot << RECOVERY_BASE_SHIFT (2^24 knocks between two slots).
+RECOVERY_SLOT_SECONDS: Final = 600
+RECOVERY_SLOT_SKEW: Final = 1
+RECOVERY_COUNTER_FLAG: Final = 1 << 63  # normal counters stay below it
+RECOVERY_BASE_SHIFT: Final = 24
+
+# A knock that got no answer is sent again, same counter, same ISN and source port, for this long after
+# it was first sent (by later stealth-connect runs too). Below conntrack's SYN_RECV timeout (60 s):
+# if the server did accept it and only the answer was lost, a resend on the same tuple still finds the
+# marked conntrack entry; later the token is spent, and the client moves on to the next counter.
+PENDING_KNOCK_SECONDS: Final = 50.0
 
 # Firewall defaults.
 DEFAULT_QUEUE_NUM: Final = 50
@@ -59,9 +69,9 @@ STATUS_INTERVAL_SECONDS: Final = 1.0
 RELOAD_POLL_SECONDS: Final = 1.0
 RELOAD_STEP_SECONDS: Final = 0.05  # reload work between two queue polls (a 1M-client reload is ~13 s)
 
-# Client.
-DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 4.0
-DEFAULT_CONNECT_RETRIES: Final = 2
+# Client: how long one stealth-connect waits for the answer to its knock, while the kernel resends the
+# SYN on the same tuple (after 1, 3, 7 s with Linux's defaults: four SYNs).
+DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
 
 # Files.
 SECRET_FILE_MODE: Final = 0o600

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stealth.core.gate import Gate, Verdict
+from stealth.core.recovery import slot_of
 from stealth.pcap import read_ip_packets
 from stealth.server import build_table
 from stealth.server_state import ServerState
@@ -35,6 +36,8 @@ def inspect_capture(state: ServerState, capture: Path) -> Iterator[dict[str, Any
         if packet is None:
             yield {"index": index, "verdict": "skip", "reason": "not_ip", "flow": "", "client": None}
             continue
+        if slot_of(stamp) != gate.table.slot:  # recovery tokens as the server held them at that time
+            gate.table.set_slot(slot_of(stamp))
         decision = gate.receive(packet, stamp)
         yield {
             "index": index,

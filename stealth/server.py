@@ -23,6 +23,7 @@ from stealth.constants import (
 )
 from stealth.core.gate import Gate, LogAccept, PersistCounter, Verdict
 from stealth.core.packet import Reason
+from stealth.core.recovery import slot_of
 from stealth.core.table import TokenTable
 from stealth.errors import ConfigError, StealthError
 from stealth.firewall import RuleConfig, available_families, install
@@ -107,6 +108,7 @@ class Server:
         self.reload_error: str | None = None
         self._clients_stamp: tuple[int, int, int] | None = None
         self._reload: Iterator[None] | None = None  # a reload in progress, advanced between queue polls
+        self._slot_move: Iterator[None] | None = None  # recovery tokens moving to a new slot, likewise
         self.reset_families: set[int] = set()
         self._pending: list[PendingAccept] = []
         self.good_list_fd: int | None = None
@@ -160,7 +162,7 @@ class Server:
                 log.info(
                     "accept client=%s port=%d src=[%s]:%d counter=%d%s", logline.client, logline.dport,
                     format_addr(logline.src), logline.sport, logline.counter,
-                    " retransmit" if logline.retransmit else "",
+                    " recovery" if logline.recovery else "",
                 )
         return ok
 
@@ -242,6 +244,7 @@ class Server:
         """First load: repair and open the counter journal, build the table, and fold a long journal."""
         counters = self.log.open()
         self.table.reserve(self.table.tokens_for(self.state.count_clients(), len(self.config.ports)))
+        self.table.set_slot(slot_of(time.time()))  # before the clients: each gets its recovery tokens
         self.load(counters, validate=False)
         if self.log.needs_compaction(len(self.table.clients)):
             self._compact()
@@ -271,6 +274,23 @@ class Server:
             return
         self.reload_error = None
         log.info("reloaded: %d clients enrolled", len(self.table.clients))
+
+    def maybe_move_slot(self) -> None:
+        """When the wall clock enters a new recovery slot, move every client's recovery tokens, in steps
+        of about RELOAD_STEP_SECONDS between queue polls (a million clients take seconds)."""
+        if self._slot_move is None:
+            slot = slot_of(time.time())
+            if slot == self.table.slot:
+                return
+            self._slot_move = self.table.set_slot_steps(slot)
+        deadline = time.monotonic() + RELOAD_STEP_SECONDS
+        try:
+            while True:
+                next(self._slot_move)
+                if time.monotonic() >= deadline:
+                    return
+        except StopIteration:
+            self._slot_move = None
 
     def status(self, families: list[int]) -> dict[str, object]:
         return {
@@ -473,7 +493,8 @@ class Server:
     def _loop(self, queue: Queue, families: list[int]) -> None:
         next_status = next_reload = next_watch = 0.0
         while not self.stop:
-            queue.poll(0 if self._reload else min(RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS) / 2)
+            busy = self._reload is not None or self._slot_move is not None
+            queue.poll(0 if busy else min(RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS) / 2)
             now = time.monotonic()
             if now >= next_watch:
                 self._watch()
@@ -481,6 +502,8 @@ class Server:
             if self._reload is not None or self.reload_requested or now >= next_reload:
                 self.maybe_reload()
                 next_reload = now + RELOAD_POLL_SECONDS
+            if self._reload is None:
+                self.maybe_move_slot()
             if now >= next_status:
                 try:
                     self.state.write_status({**self.status(families), "running": True}, self.worker)

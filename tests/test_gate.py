@@ -1,8 +1,8 @@
 # Why: Gate.receive is the one decision every packet gets. These tests drive it with real SYN bytes
 # (crafted by scapy, checksums included) and check each rule of docs/PROTOCOL.md section 4: round trips,
 # flipped bits, garbage and mutations (a clean DROP, never an exception, no state change), one-time
-# counters and the window, retransmissions versus replays, port and source binding, NAT mode,
-# revocation, sync, and that no repr leaks a key.
+# counters and the window, replays (a spent token never passes), recovery, port and source binding, NAT
+# mode, revocation, sync, and that no repr leaks a key.
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -29,9 +29,10 @@ from syns import (
     tcp_options,
 )
 
-from stealth.constants import COUNTER_MAX, RETRANSMIT_GRACE_SECONDS
+from stealth.constants import COUNTER_MAX, RECOVERY_SLOT_SKEW
 from stealth.core.gate import Decision, Gate, LogAccept, PersistCounter, Verdict
 from stealth.core.packet import Reason
+from stealth.core.recovery import recovery_base, recovery_counter
 from stealth.core.secret import Secret, client_key
 from stealth.core.table import ClientSpec, TokenTable
 from stealth.core.token import Knock, PortRange, derive
@@ -70,7 +71,7 @@ def snapshot(gate: Gate) -> Any:
     """Everything in the table an outsider's packet could change."""
     t = gate.table
     entries = {
-        k: (e.name, e.counter, e.spent, repr(e.accepted)) for k, e in t.items()
+        k: (e.name, e.counter, e.spent) for k, e in t.items()
     }
     return entries, {n: c.last for n, c in t.clients.items()}
 
@@ -97,7 +98,7 @@ def test_round_trip(key: Secret, last: int, ahead: int, dport: int, v6: bool, ts
     accept(d)
     assert d.client == "c"
     persists(d, "c", counter)
-    log = LogAccept("c", dport, packed(src), knock.sport or 0, counter, retransmit=False)
+    log = LogAccept("c", dport, packed(src), knock.sport or 0, counter, recovery=False)
     assert d.commands[1:] == (log,)
     assert d.session_key == knock.session_key
     assert gate.table.clients["c"].last == counter
@@ -340,52 +341,16 @@ def test_same_bytes_twice_is_a_replay() -> None:
     drop(gate.receive(raw, T0 + 1000), Reason.REPLAY)
 
 
-def test_retransmission_with_later_tsval_passes_without_a_new_counter() -> None:
+@pytest.mark.parametrize("tsval", [None, 999, 1001, 2000, 1000 + 2**31 - 1, 200_000])
+@pytest.mark.parametrize("later", [0.001, 1.0, 30.0, 120.0, 10_000.0])
+def test_a_spent_token_never_passes_whatever_its_timestamp_or_time(tsval: int | None, later: float) -> None:
+    """The timestamp is chosen by the sender and authenticates nothing; the kernel's real resends of an
+    accepted SYN are carried by conntrack's mark and never reach the gate (tests/test_synack_loss.py)."""
     gate = gate_for(ALICE)
     knock = knock_of(ALICE, 1)
-    first = gate.receive(knock_syn(knock, tsval=1000), T0)
-    accept(first)
-    d = gate.receive(knock_syn(knock, tsval=2000), T0 + 1)
-    accept(d, Reason.RETRANSMIT)
-    assert d.commands == (LogAccept("alice", 22, packed(SRC4), knock.sport or 0, 1, retransmit=True),)
-    assert d.client == "alice" and d.session_key == first.session_key
-    accept(gate.receive(knock_syn(knock, tsval=5000), T0 + 3), Reason.RETRANSMIT)
-    # the reference moves: a copy of the first retransmission is now stale
-    drop(gate.receive(knock_syn(knock, tsval=2000), T0 + 7), Reason.REPLAY)
-    drop(gate.receive(knock_syn(knock, tsval=5000), T0 + 7), Reason.REPLAY)
-    drop(gate.receive(knock_syn(knock, tsval=None), T0 + 7), Reason.REPLAY)
+    accept(gate.receive(knock_syn(knock, tsval=1000), T0))
+    drop(gate.receive(knock_syn(knock, tsval=tsval), T0 + later), Reason.REPLAY)
     assert gate.table.clients["alice"].last == 1
-
-
-@pytest.mark.parametrize(
-    ("first", "later", "passes"),
-    [(2**32 - 2, 3, True), (10, 10 + 2**31 - 1, True), (10, 10 + 2**31, False), (10, 9, False)],
-)
-def test_tsval_order_is_serial_arithmetic(first: int, later: int, passes: bool) -> None:
-    gate = gate_for(ALICE)
-    knock = knock_of(ALICE, 1)
-    accept(gate.receive(knock_syn(knock, tsval=first), T0))
-    d = gate.receive(knock_syn(knock, tsval=later), T0 + 1)
-    if passes:
-        accept(d, Reason.RETRANSMIT)
-    else:
-        drop(d, Reason.REPLAY)
-
-
-def test_without_timestamps_an_exact_copy_passes_only_within_the_grace_period() -> None:
-    gate = gate_for(ALICE)
-    raw = knock_syn(knock_of(ALICE, 1), tsval=None)
-    accept(gate.receive(raw, T0))
-    accept(gate.receive(raw, T0 + 3), Reason.RETRANSMIT)
-    accept(gate.receive(raw, T0 + RETRANSMIT_GRACE_SECONDS), Reason.RETRANSMIT)
-    drop(gate.receive(raw, T0 + RETRANSMIT_GRACE_SECONDS + 0.001), Reason.REPLAY)
-
-
-def test_retransmission_after_the_grace_period_drops() -> None:
-    gate = gate_for(ALICE)
-    knock = knock_of(ALICE, 1)
-    accept(gate.receive(knock_syn(knock, tsval=1), T0))
-    drop(gate.receive(knock_syn(knock, tsval=200_000), T0 + RETRANSMIT_GRACE_SECONDS + 0.5), Reason.REPLAY)
 
 
 @pytest.mark.parametrize(
@@ -405,8 +370,8 @@ def test_same_token_from_another_tuple_drops(where: dict[str, str], reason: Reas
     src, dst = where.get("src", SRC4), where.get("dst", DST4)
     sport = knock.sport + 2 if "sport" in where else knock.sport
     drop(gate.receive(syn(src, dst, sport, 22, knock.isn, tsval=2000), T0 + 1), reason)
-    # the forger changed nothing: the client's own retransmission still passes
-    accept(gate.receive(knock_syn(knock, tsval=2000), T0 + 2), Reason.RETRANSMIT)
+    # the forger changed nothing: the client's next counter still passes
+    accept(gate.receive(knock_syn(knock_of(ALICE, 2), tsval=2000), T0 + 2))
 
 
 def test_a_replayed_token_from_another_address_before_the_client_is_dropped_too() -> None:
@@ -527,11 +492,7 @@ def test_nat_mode_accepts_any_source_port(sport: int, other: int, v6: bool) -> N
     accept(d)
     assert d.client == "nat"
     persists(d, "nat", 1)
-    d = gate.receive(knock_syn(knock, src, dst, sport=other, tsval=11), T0 + 1)
-    if other == sport:
-        accept(d, Reason.RETRANSMIT)
-    else:
-        drop(d, Reason.REPLAY)
+    drop(gate.receive(knock_syn(knock, src, dst, sport=other, tsval=11), T0 + 1), Reason.REPLAY)
 
 
 def test_nat_mode_and_port_mode_clients_share_a_table() -> None:
@@ -561,7 +522,7 @@ def test_removed_client_drops_at_once() -> None:
     accept(gate.receive(knock_syn(knock, tsval=1), T0))
     gate.table.remove("alice")
     drop(gate.receive(knock_syn(knock_of(ALICE, 2)), T0), Reason.UNKNOWN_TOKEN)
-    drop(gate.receive(knock_syn(knock, tsval=2), T0 + 1), Reason.UNKNOWN_TOKEN)  # no retransmit either
+    drop(gate.receive(knock_syn(knock, tsval=2), T0 + 1), Reason.UNKNOWN_TOKEN)  # not even a replay
     drop(gate.receive(knock_syn(knock_of(ALICE, 3, 6379)), T0), Reason.UNKNOWN_TOKEN)
     assert all(e.name == "bob" for _, e in gate.table.items())
     accept(gate.receive(knock_syn(knock_of(BOB, 1)), T0))
@@ -585,7 +546,7 @@ def test_sync_keeps_higher_in_memory_counters() -> None:
     assert gate.table.clients["alice"].last == 5
     drop(gate.receive(knock_syn(knock_of(ALICE, 3), src="203.0.113.1"), T0), Reason.REPLAY)
     drop(gate.receive(knock_syn(knock_of(ALICE, 5), src="203.0.113.1"), T0), Reason.REPLAY)
-    accept(gate.receive(knock_syn(knock5, tsval=2), T0 + 1), Reason.RETRANSMIT)  # state kept
+    drop(gate.receive(knock_syn(knock5, tsval=2), T0 + 1), Reason.REPLAY)  # state kept
     gate.table.sync([(ALICE, 0)])
     assert gate.table.clients["alice"].last == 5
     # a changed key re-enrols, still from the higher counter
@@ -631,3 +592,55 @@ def test_reprs_never_show_keys_or_session_keys() -> None:
             assert not _leaks(text, session), text
     assert "carol" in repr(client)
     assert repr(client.key) == "Secret(<32 bytes hidden>)"
+
+
+# --- recovery -------------------------------------------------------------------------------------
+
+SLOT = 2_900_000  # about unix time 1.74e9 / 600
+
+
+def recovery_syn(client: ClientSpec, slot: int, dport: int = 22, src: str = SRC4) -> bytes:
+    return knock_syn(knock_of(client, recovery_counter(slot), dport), src=src)
+
+
+def test_a_client_past_the_window_gets_back_in_once_per_slot() -> None:
+    gate = gate_for(ALICE, BOB)
+    gate.table.set_slot(SLOT)
+    accept(gate.receive(knock_syn(knock_of(ALICE, 3)), T0))
+    drop(gate.receive(knock_syn(knock_of(ALICE, 3 + W + 1)), T0), Reason.UNKNOWN_TOKEN)  # past the window
+    d = gate.receive(recovery_syn(ALICE, SLOT), T0)
+    accept(d, Reason.RECOVERY)
+    persists(d, "alice", recovery_base(SLOT))
+    assert d.commands[1] == LogAccept("alice", 22, packed(SRC4), knock_of(ALICE, recovery_counter(SLOT)).sport
+                                      or 0, recovery_base(SLOT), recovery=True)
+    assert d.session_key == knock_of(ALICE, recovery_counter(SLOT)).session_key
+    # every older counter and the same slot's token are spent; the new window starts at the base
+    drop(gate.receive(recovery_syn(ALICE, SLOT), T0), Reason.REPLAY)
+    drop(gate.receive(recovery_syn(ALICE, SLOT, src="203.0.113.9"), T0), Reason.REPLAY)
+    drop(gate.receive(knock_syn(knock_of(ALICE, 4)), T0), Reason.UNKNOWN_TOKEN)
+    drop(gate.receive(recovery_syn(ALICE, SLOT - 1), T0), Reason.REPLAY)  # an older slot moves nothing
+    accept(gate.receive(knock_syn(knock_of(ALICE, recovery_base(SLOT) + 1)), T0))
+    # the other port of the same client is moved too, and another client is untouched
+    accept(gate.receive(knock_syn(knock_of(ALICE, recovery_base(SLOT) + 2, 6379)), T0))
+    assert gate.table.clients["bob"].last == 0
+    # the next slot (clock skew: the client may be one slot ahead) still gets in, once
+    accept(gate.receive(recovery_syn(ALICE, SLOT + 1), T0), Reason.RECOVERY)
+    drop(gate.receive(recovery_syn(ALICE, SLOT + 1), T0), Reason.REPLAY)
+
+
+def test_recovery_tokens_follow_the_slot_and_the_skew() -> None:
+    gate = gate_for(BOB)
+    gate.table.set_slot(SLOT)
+    for slot in (SLOT - RECOVERY_SLOT_SKEW - 1, SLOT + RECOVERY_SLOT_SKEW + 1):
+        drop(gate.receive(recovery_syn(BOB, slot), T0), Reason.UNKNOWN_TOKEN)  # out of the clock skew
+    gate.table.set_slot(SLOT + 5)
+    drop(gate.receive(recovery_syn(BOB, SLOT), T0), Reason.UNKNOWN_TOKEN)  # a recorded one, later
+    accept(gate.receive(recovery_syn(BOB, SLOT + 4), T0), Reason.RECOVERY)
+    gate.table.remove("bob")
+    assert list(gate.table.items()) == []  # revocation takes the recovery tokens too
+    drop(gate.receive(recovery_syn(BOB, SLOT + 5), T0), Reason.UNKNOWN_TOKEN)
+
+
+def test_a_table_without_a_slot_holds_no_recovery_tokens() -> None:
+    gate = gate_for(BOB)
+    drop(gate.receive(recovery_syn(BOB, SLOT), T0), Reason.UNKNOWN_TOKEN)

@@ -58,7 +58,7 @@ def test_manifest_expects_both_verdicts_and_the_key_reasons() -> None:
         for row in cap["packets"]
         if row["verdict"] != "ignore"
     }
-    for expected in [("accept", "valid"), ("accept", "retransmit"), ("drop", "replay"),
+    for expected in [("accept", "valid"), ("drop", "replay"),
                      ("drop", "unknown_token"), ("drop", "not_syn"), ("drop", "malformed"),
                      ("drop", "fragment"), ("drop", "ipv6_extension"), ("drop", "bad_checksum"),
                      ("drop", "syn_with_data"), ("drop", "wrong_source")]:

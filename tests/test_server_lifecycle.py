@@ -38,11 +38,11 @@ def ruleset(host: Any) -> str:
     return "\n".join(out)
 
 
-def knock(sl: Any, timeout: str = "1.5", retries: str = "0") -> subprocess.CompletedProcess[str]:
+def knock(sl: Any, timeout: str = "1.5") -> subprocess.CompletedProcess[str]:
     from stealthlab import tool
 
     argv = [tool("stealth-connect"), "--state-dir", str(sl.client_dirs["alice"]), "--timeout", timeout,
-            "--retries", retries, sl.srv.ip4, "22"]
+            sl.srv.ip4, "22"]
     result: subprocess.CompletedProcess[str] = sl.cli.run(argv, check=False, stdin=subprocess.DEVNULL,
                                                           timeout=60)
     return result
@@ -129,24 +129,23 @@ def test_one_log_line_per_accept_and_none_per_junk_packet(sl: Any) -> None:
     assert counts.get("valid") == 1
 
 
-def test_client_error_timeout_and_out_of_window(sl: Any) -> None:
+def test_client_error_says_no_answer_and_resends_the_same_knock(sl: Any) -> None:
     sl.start_server()
     os.killpg(sl.server_proc.pid, signal.SIGKILL)  # server gone, rules in place: silence
     sl.server_proc.wait(timeout=10)
     sl.server_proc = None
-    first = knock(sl, timeout="0.5", retries="1")
-    assert first.returncode == 1
-    assert len(first.stderr.strip().splitlines()) == 1
-    assert "no answer" in first.stderr and "2 knocks" in first.stderr
-    # keep knocking into the void until the client is more than W=16 counters past its last answer
-    for _ in range(8):
-        last = knock(sl, timeout="0.3", retries="1")
-    assert "window" in last.stderr and "stealth server resync alice --counter" in last.stderr
-    counter = int(last.stderr.rsplit("--counter", 1)[1].split()[0])
-    sl.stealth("server", "resync", "alice", "--counter", str(counter), "--state-dir", str(sl.state_dir))
+    with sl.cli.capture("tcp dst port 22 and tcp[tcpflags] & tcp-syn != 0") as cap:
+        for _ in range(3):
+            result = knock(sl, timeout="0.5")
+            assert result.returncode == 1
+            assert len(result.stderr.strip().splitlines()) == 1
+            assert "no answer" in result.stderr and "sends the same knock again" in result.stderr
+    assert len({(p["TCP"].seq, p["TCP"].sport) for p in cap.packets()}) == 1  # one token, nothing spent
+    assert sl.counter("alice") == 1
     sl.start_server()
-    ok = knock(sl, timeout="3")
-    assert ok.returncode == 0, ok.stderr  # the documented way back works
+    back = knock(sl, timeout="3")  # the same knock, heard at last
+    assert back.returncode == 0, back.stderr
+    assert sl.counter("alice") == 1
 
 
 def test_client_without_cap_net_admin_says_which_capability(sl: Any) -> None:

@@ -1,7 +1,8 @@
 # Why: the token table is a hand-made open-addressing hash table (for memory at 1M clients); these tests
-# hold it to a plain model: after any sequence of enrolments, accepts, resyncs and revocations, exactly
-# the tokens of counters last-W+1 .. last+W of each enrolled client are found, with the right owner,
-# counter and spent flag, and nothing else is. The probing and backward-shift deletion are also checked
+# hold it to a plain model: after any sequence of enrolments, accepts, recoveries, slot moves, resyncs
+# and revocations, exactly the tokens of counters last-W+1 .. last+W of each enrolled client, and its
+# recovery tokens of the slots around the table's slot, are found, with the right owner, counter and
+# spent flag, and nothing else is. The probing and backward-shift deletion are also checked
 # directly, including runs that wrap around the end of the array.
 import random
 
@@ -9,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stealth.core.recovery import live_slots, recovery_base, recovery_counter
 from stealth.core.secret import Secret
-from stealth.core.table import _CBITS, Accepted, ClientSpec, TokenTable
+from stealth.core.table import _CBITS, ClientSpec, TokenTable
 from stealth.core.token import Binding, wire
 
 PORTS = (22, 443)
@@ -21,10 +23,14 @@ def spec(name: str, seed: int, port_bits: bool = True, ports: tuple[int, ...] = 
     return ClientSpec(name, key, Binding("table-test", port_bits), ports, ident=seed.to_bytes(8, "big"))
 
 
+S0 = 2_900_000  # a recovery slot of about now
+
+
 def check(table: TokenTable, model: dict[str, tuple[ClientSpec, int]]) -> None:
     w = table.window
     expected = 0
     for name, (s, last) in model.items():
+        expected += check_recovery(table, name, s, last)
         assert table.clients[name].last == last
         assert table.ident_of(name) == s.ident
         for dport in s.ports:
@@ -41,17 +47,40 @@ def check(table: TokenTable, model: dict[str, tuple[ClientSpec, int]]) -> None:
     assert set(table.clients) == set(model)
 
 
+def check_recovery(table: TokenTable, name: str, s: ClientSpec, last: int) -> int:
+    """The client's recovery tokens: those of the table's slot and its neighbours, spent while their base
+    is at or below `last`; none of the slots beyond. Returns how many there are."""
+    if table.slot is None:
+        return 0
+    live = live_slots(table.slot)
+    found = 0
+    for dport in s.ports:
+        for slot in range(live.start - 2, live.stop + 2):
+            isn, sport = wire(s.key, s.binding, dport, recovery_counter(slot))
+            e = table.lookup(dport, isn, sport if sport is not None else 40000)
+            if slot in live:
+                found += 1
+                assert e is not None and e.recovery, (name, slot)
+                spent = recovery_base(slot) <= last
+                assert (e.name, e.counter, e.spent) == (name, recovery_counter(slot), spent)
+            else:
+                assert e is None, (name, slot)
+    return found
+
+
 OPS = st.lists(
-    st.tuples(st.sampled_from(["add", "accept", "advance", "remove", "rekey"]), st.integers(0, 5),
-              st.integers(0, 40)),
+    st.tuples(st.sampled_from(["add", "accept", "advance", "remove", "rekey", "recover", "slot"]),
+              st.integers(0, 5), st.integers(0, 40)),
     max_size=30,
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(ops=OPS, window=st.sampled_from([1, 3, 16]))
-def test_table_matches_a_model(ops: list[tuple[str, int, int]], window: int) -> None:
+@given(ops=OPS, window=st.sampled_from([1, 3, 16]), with_slot=st.booleans())
+def test_table_matches_a_model(ops: list[tuple[str, int, int]], window: int, with_slot: bool) -> None:
     table = TokenTable(window)
+    if with_slot:
+        table.set_slot(S0)
     model: dict[str, tuple[ClientSpec, int]] = {}
     for op, who, n in ops:
         name = f"c{who}"
@@ -66,8 +95,19 @@ def test_table_matches_a_model(ops: list[tuple[str, int, int]], window: int) -> 
             isn, sport = wire(s.key, s.binding, s.ports[0], counter)
             e = table.lookup(s.ports[0], isn, sport if sport is not None else 40000)
             assert e is not None and not e.spent
-            assert table.consume(e, Accepted(b"\1" * 4, b"\2" * 4, 1, 0.0, None)) == counter
+            assert table.consume(e) == counter
             model[name] = (s, counter)
+        elif op == "recover" and name in model and table.slot is not None:
+            s, last = model[name]
+            slot = live_slots(table.slot)[n % 3]
+            isn, sport = wire(s.key, s.binding, s.ports[-1], recovery_counter(slot))
+            e = table.lookup(s.ports[-1], isn, sport if sport is not None else 40000)
+            assert e is not None and e.recovery and e.spent == (recovery_base(slot) <= last)
+            if not e.spent:
+                assert table.consume(e) == recovery_base(slot)
+                model[name] = (s, recovery_base(slot))
+        elif op == "slot":
+            table.set_slot((table.slot or S0) + n % 4)
         elif op == "advance" and name in model:
             s, last = model[name]
             table.advance(name, last + n)

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stealth.constants import DEFAULT_CONNECT_RETRIES, DEFAULT_CONNECT_TIMEOUT_SECONDS
+from stealth.constants import DEFAULT_CONNECT_TIMEOUT_SECONDS
 from stealth.errors import StealthError
 
 
@@ -20,25 +20,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, help="client state directory")
     parser.add_argument("--fdpass", action="store_true", help="pass the socket to ssh (ProxyUseFdpass yes)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_SECONDS,
-                        help="seconds to wait for each knock's answer (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=DEFAULT_CONNECT_RETRIES,
-                        help="knocks with fresh counters after a timeout (default %(default)s)")
+                        help="seconds to wait for the answer while the kernel resends the knock on the same "
+                        "tuple (default %(default)s); unanswered, the next run sends the same knock again")
+    parser.add_argument("--retries", type=int, default=0, help=argparse.SUPPRESS)  # old option: ignored
     args = parser.parse_args(argv)
     from stealth_connect.connect import connect
     from stealth_connect.profiles import ClientStore
     from stealth_connect.relay import pass_fd, relay
 
     try:
-        if not 0 < args.port < 65536 or args.retries < 0 or args.timeout <= 0:
-            raise StealthError("port must be 1..65535, retries >= 0 and timeout > 0")
+        if not 0 < args.port < 65536 or args.timeout <= 0:
+            raise StealthError("port must be 1..65535 and timeout > 0")
         sock, _session_key = connect(
-            args.host, args.port, args.profile, timeout=args.timeout, retries=args.retries,
-            store=ClientStore(args.state_dir),
+            args.host, args.port, args.profile, timeout=args.timeout, store=ClientStore(args.state_dir),
+            notify=lambda line: print(line, file=sys.stderr),
         )
         if args.fdpass:
             pass_fd(sock)
-        else:
-            relay(sock)
+        elif relay(sock) == "reset":
+            raise StealthError(f"the knock was accepted, but {args.host}:{args.port} reset the connection "
+                               "before the service said anything (is the service behind it running?)")
         sock.close()
     except StealthError as e:
         print(f"stealth-connect: {e}", file=sys.stderr)

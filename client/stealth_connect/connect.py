@@ -1,23 +1,50 @@
-# Why: the knock-and-connect procedure behind both the API and the command: find the profile, reserve a
-# counter durably, derive the token, let the kernel send its SYN, and on silence retry with a fresh
-# counter. When every attempt is unanswered it tells a lost network from a client that fell out of the
-# server's window, and says how to resync.
-import errno
+# Why: the knock-and-connect procedure behind both the API and the command. A knock that got no answer
+# must cost nothing: it is sent again, same counter, same ISN and source port (by the kernel's own SYN
+# retransmissions within one run, and by later runs for PENDING_KNOCK_SECONDS), and a counter is only
+# taken once a SYN can really leave with it (privilege, a free source port and a tuple the kernel will
+# not rewrite come first). A client that may have fallen past the server's window knocks with the
+# recovery token of the current time slot instead, and gets back in by itself. Each failure says which
+# case it was: no answer at all, or an RST from the host.
 import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from stealth.constants import DEFAULT_CONNECT_RETRIES, DEFAULT_CONNECT_TIMEOUT_SECONDS
+from stealth.constants import (
+    DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    PENDING_KNOCK_SECONDS,
+    RECOVERY_SLOT_SECONDS,
+    RECOVERY_SLOT_SKEW,
+)
+from stealth.core.recovery import recovery_base, recovery_counter, slot_of
 from stealth.core.secret import Secret
-from stealth.core.token import derive
+from stealth.core.token import Knock, derive
 from stealth.errors import ClientError
 from stealth.profile import Profile
-from stealth_connect.profiles import ClientStore, load_profile, read_counter, record_success, take_counter
-from stealth_connect.syn import PortBusy, knock_socket
+from stealth_connect.counter import CounterState, claim, mark_pending, record_recovery, record_refused
+from stealth_connect.profiles import ClientStore, load_profile, read_counter, record_success
+from stealth_connect.syn import PortBusy, in_time_wait, knock_socket
 
 MAX_BUSY_PORT_SKIPS = 8
+# Counters used without an answer before the next run knocks with the recovery token instead: each of
+# them went unanswered for PENDING_KNOCK_SECONDS, so either the path or the server has been failing for
+# minutes, or another device with a copy of this profile is ahead of this one.
+RECOVER_AFTER_UNANSWERED = 3
+Address = tuple[str, int] | tuple[str, int, int, int]
 
 
-def resolve(host: str, port: int) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
+@dataclass(frozen=True)
+class Attempt:
+    """A knock ready to go: its socket (ISN and source port set), its token, and what kind it is."""
+
+    sock: socket.socket
+    knock: Knock
+    kind: str  # "again" (the pending knock), "new" (a fresh counter) or "recovery"
+    slot: int = 0  # for a recovery knock
+
+
+def resolve(host: str, port: int) -> tuple[int, Address]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except socket.gaierror as e:
@@ -32,13 +59,16 @@ def connect(
     profile: Profile | Path | str | None = None,
     *,
     timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
-    retries: int = DEFAULT_CONNECT_RETRIES,
     store: ClientStore | None = None,
+    notify: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[socket.socket, Secret]:
-    """Knock with the next counter and return the connected socket and the session key.
+    """Knock and return the connected socket and the session key.
 
     `profile` is a Profile, a profile file, or None for the one imported for `host`. Counters live in
-    the client state directory (`store`), one sequence per key, whichever way the profile is given."""
+    the client state directory (`store`), one sequence per key, whichever way the profile is given.
+    The kernel resends the SYN on the same tuple until `timeout`; on silence the knock stays pending and
+    the next call sends it again. `notify` gets a line worth showing the user (after a recovery)."""
     store = store or ClientStore()
     if isinstance(profile, Profile):
         prof = profile
@@ -49,57 +79,141 @@ def connect(
                           f"{','.join(map(str, prof.ports))})")
     counter_path = store.counter_path(prof)
     family, addr = resolve(host, port)
-    binding = prof.binding
+    state = read_counter(counter_path)
+    attempt = _prepare(prof, port, family, addr, counter_path, _candidates(prof, state, clock()), clock())
+    outcome = _knock(attempt, addr, timeout)
+    tried = {attempt.knock.counter}
+    while outcome == "refused":
+        record_refused(counter_path, attempt.knock.counter)
+        following = [c for c in _after_refusal(prof, attempt, read_counter(counter_path), clock())
+                     if c[1] not in tried]
+        if not following:
+            break
+        attempt = _prepare(prof, port, family, addr, counter_path, following, clock())
+        tried.add(attempt.knock.counter)
+        outcome = _knock(attempt, addr, timeout)
+    if outcome == "refused":
+        record_refused(counter_path, attempt.knock.counter)
+        raise ClientError(_refused(host, port))
+    if outcome == "silent":
+        raise ClientError(_silence(host, port, prof, attempt, timeout, clock()))
+    if attempt.kind == "recovery":
+        record_recovery(counter_path, recovery_base(attempt.slot))
+        if notify is not None:
+            notify(_recovered(prof, state))
+    else:
+        record_success(counter_path, attempt.knock.counter)
+    return attempt.sock, attempt.knock.session_key
+
+
+def _knock(attempt: Attempt, addr: Address, timeout: float) -> str:
+    """connect() the prepared socket: the kernel sends the SYN and resends it on the same tuple until
+    `timeout`. "connected" leaves the socket connected and blocking; "refused" (an RST) and "silent"
+    close it (a silent knock stays pending)."""
+    sock = attempt.sock
+    sock.settimeout(timeout)
+    try:
+        sock.connect(addr)
+    except ConnectionRefusedError:
+        sock.close()
+        return "refused"
+    except TimeoutError:
+        sock.close()
+        return "silent"
+    except OSError as e:
+        sock.close()
+        raise ClientError(f"cannot connect to {addr[0]}:{addr[1]}: {e.strerror}") from None
+    sock.settimeout(None)
+    return "connected"
+
+
+def _candidates(prof: Profile, state: CounterState, now: float) -> list[tuple[str, int]]:
+    """Knocks to try, in order (a run sends the first one that can leave).
+
+    Within the window as far as this client can know (fewer than RECOVER_AFTER_UNANSWERED counters, and
+    fewer than W, used since the last answered one): the pending knock while it is young, then new
+    counters, then (all their ports busy) the current slot's recovery token. Past it: the recovery
+    token (it is always safe: accepted, it moves the counter forward); and once that went unanswered in
+    this slot, one probe with the first counter after the slot's base, which gets in at once if the
+    server did accept the recovery knock and only its answer was lost."""
+    slot = slot_of(now)
+    recovery = ("recovery", recovery_counter(slot))
+    if state.last_used - state.last_ok >= min(prof.window, RECOVER_AFTER_UNANSWERED):
+        if state.pending == recovery[1] and state.last_used <= recovery_base(slot):
+            return [("new", recovery_base(slot) + 1), recovery]
+        return [recovery]
+    out: list[tuple[str, int]] = []
+    if state.pending and 0 <= now - state.pending_since < PENDING_KNOCK_SECONDS:
+        out.append(("again", state.pending))
+    top = min(state.last_ok + prof.window, state.last_used + MAX_BUSY_PORT_SKIPS)
+    return [*out, *(("new", c) for c in range(state.last_used + 1, top + 1)), recovery]
+
+
+def _after_refusal(prof: Profile, refused: Attempt, state: CounterState, now: float) -> list[tuple[str, int]]:
+    """What to send after an RST, which comes at once (the server saw the knock and did not take it).
+    A knock sent again was most likely taken before, its answer lost (a crash between accept and
+    answer): a new counter. A new counter refused is spent already (a copy of this profile elsewhere)
+    or revoked: the recovery token tells which. A recovery token refused may have been taken before in
+    this slot, its answer lost: the first counter after its base."""
+    if refused.kind == "again":
+        return _candidates(prof, state, now)
+    if refused.kind == "new":
+        return [("recovery", recovery_counter(slot_of(now)))]
+    base = recovery_base(refused.slot)
+    return [("new", base + 1)] if state.last_used <= base else []
+
+
+def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path: Path,
+             candidates: list[tuple[str, int]], now: float) -> Attempt:
+    """The first candidate whose SYN can leave: its port free and its tuple not in TIME_WAIT here, then
+    (for a counter) claimed durably. Nothing is spent on a candidate that cannot be sent."""
     busy = 0
-    attempt = 0
-    counter = 0
-    while attempt <= retries:
-        counter = take_counter(counter_path)
-        knock = derive(prof.key, binding, port, counter)
+    for kind, counter in candidates:
+        knock = derive(prof.key, prof.binding, port, counter)
+        if knock.sport is not None and in_time_wait(family, addr[0], port, knock.sport):
+            busy += 1
+            continue
         try:
-            sock = knock_socket(family, knock.isn, knock.sport)
+            sock = knock_socket(family, knock.isn, knock.sport)  # ClientError without privilege
         except PortBusy:
             busy += 1
-            if busy > MAX_BUSY_PORT_SKIPS:
-                raise ClientError("the token's source ports are all in use locally") from None
             continue
-        sock.settimeout(timeout)
-        try:
-            sock.connect(addr)
-        except (TimeoutError, ConnectionRefusedError, ConnectionResetError):
-            sock.close()
-            attempt += 1
+        if kind == "recovery":
+            mark_pending(counter_path, counter, now)
+        elif not claim(counter_path, counter, now, PENDING_KNOCK_SECONDS):
+            sock.close()  # another run took it meanwhile
             continue
-        except OSError as e:
-            sock.close()
-            if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):  # 4-tuple in use: next counter
-                busy += 1
-                if busy <= MAX_BUSY_PORT_SKIPS:
-                    continue
-            raise ClientError(f"cannot connect to {host}:{port}: {e.strerror}") from None
-        sock.settimeout(None)
-        record_success(counter_path, counter)
-        return sock, knock.session_key
-    raise _silence_error(host, port, prof, counter_path, retries, timeout)
+        return Attempt(sock, knock, kind, slot_of(now) if kind == "recovery" else 0)
+    raise ClientError(
+        f"the source ports of this profile's next {busy} knocks are all in use on this machine (or in "
+        "TIME_WAIT towards this server); nothing was spent: try again shortly"
+    )
 
 
-def _silence_error(
-    host: str, port: int, prof: Profile, counter_path: Path, retries: int, timeout: float
-) -> ClientError:
-    state = read_counter(counter_path)
-    tries = f"{retries + 1} knock{'s' if retries else ''} of {timeout:g} s each"
-    if state.last_used - state.last_ok > prof.window:
-        return ClientError(
-            f"no answer from {host}:{port} after {tries}; this client has used "
-            f"{state.last_used - state.last_ok} counters since its last answered knock, more than the "
-            f"server's window of {prof.window}. "
-            f"Ask the server's admin to run: stealth server resync {prof.name} --counter {state.last_used}"
-        )
-    nat = (
-        "; if this client is behind a NAT that rewrites source ports, ask for a profile made with "
-        "--no-port-bits" if prof.port_bits else ""
-    )
-    return ClientError(
-        f"no answer from {host}:{port} after {tries} (timeout): the host is down or unreachable, "
-        f"the stealth server is not running, or this profile was revoked{nat}"
-    )
+def _silence(host: str, port: int, prof: Profile, attempt: Attempt, timeout: float, now: float) -> str:
+    nat = ("; if this client is behind a NAT that rewrites source ports, ask for a profile made with "
+           "--no-port-bits") if prof.port_bits else ""
+    if attempt.kind == "recovery":
+        clock = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+        minutes = RECOVERY_SLOT_SKEW * RECOVERY_SLOT_SECONDS // 60
+        return (f"no answer from {host}:{port} within {timeout:g} s to a recovery knock: the host or its "
+                f"stealth server is down or unreachable, or this profile was revoked{nat}. A recovery knock "
+                f"needs this machine's clock within {minutes} minutes of the server's; it says {clock}")
+    return (f"no answer from {host}:{port} within {timeout:g} s: the host or its stealth server is down or "
+            f"unreachable, or this profile was revoked{nat}. Nothing is lost: the next attempt sends the "
+            f"same knock again (for {PENDING_KNOCK_SECONDS:g} s)")
+
+
+def _refused(host: str, port: int) -> str:
+    return (f"{host}:{port} refused the knock and a recovery knock (RSTs, as from a port where nothing "
+            "listens): this profile is revoked, the host does not run stealth on this port, or another "
+            f"device with a copy of this profile recovered in this {RECOVERY_SLOT_SECONDS // 60}-minute "
+            "slot already (then each device needs its own profile)")
+
+
+def _recovered(prof: Profile, before: CounterState) -> str:
+    lost = before.last_used - before.last_ok
+    return (f"stealth-connect: got back in with a recovery knock ({prof.name}): {lost} knocks since the "
+            "last answered one were not accepted. If this profile is also used on another device, the two "
+            "push each other out: give each device its own profile "
+            f"(stealth server add-client {prof.name} --devices NAME,NAME)")

@@ -7,15 +7,19 @@
 # then never resized, so fdatasync has no metadata to write. Three 4 KiB blocks, each record at the
 # start of its block (a torn write damages only the block being written):
 #   block 0, 1: slots A and B = magic | sequence | last_used | last_ok | crc32
-#   block 2:    last answered  = magic | last_ok | crc32   (diagnostics only, written without a sync)
-# take_counter writes the *other* slot than the current one (the valid slot with the higher sequence),
-# then fdatasyncs, so a torn write can only damage the slot being written, whose value nobody used yet.
-# The two slots never differ by more than 1 in last_used (each write adds 1; a repair after a bad slot
-# rewrites both), so when one slot is unreadable the other holds at most 1 less than the highest counter
-# ever saved: the reader then assumes last_used + 1. That makes even a corrupted *current* slot safe
-# (one counter skipped, never one reused). Both slots bad is an error naming the file, never a silent
-# restart at 0. The flock on <keyid>.lock keeps concurrent stealth-connect processes on distinct
-# counters. An old-format <keyid>.json is migrated on first use (the new file starts at its last_used).
+#   block 2:    answers        = magic | last_ok | pending | pending_since_ms | crc32 (written without a
+#               sync: losing it costs at most a fresh counter; version 1 held only last_ok)
+# `pending` is the counter of a knock that got no answer yet: later runs send that same knock again, for
+# PENDING_KNOCK_SECONDS after it was first sent (connect.py), instead of spending a new counter.
+# take_counter and claim write the *other* slot than the current one (the valid slot with the higher
+# sequence), then fdatasync, so a torn write can only damage the slot being written, whose value nobody
+# used yet. The two slots never differ by more than 1 in last_used (a write that adds 1 writes one slot;
+# a write that jumps further, or a repair after a bad slot, rewrites both), so when one slot is
+# unreadable the other holds at most 1 less than the highest counter ever saved: the reader then assumes
+# last_used + 1. That makes even a corrupted *current* slot safe (one counter skipped, never one
+# reused). Both slots bad is an error naming the file, never a silent restart at 0. The flock on
+# <keyid>.lock keeps concurrent stealth-connect processes on distinct counters. An old-format
+# <keyid>.json is migrated on first use (the new file starts at its last_used).
 import contextlib
 import os
 import struct
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stealth.constants import COUNTER_MAX
+from stealth.constants import COUNTER_MAX, RECOVERY_COUNTER_FLAG
 from stealth.errors import ConfigError
 from stealth.store import Fields, atomic_write, check_file, ensure_dir, locked, os_error, read_json
 
@@ -35,9 +39,11 @@ FILE_BYTES = 3 * BLOCK
 SLOT_OFFSETS = (0, BLOCK)
 OK_OFFSET = 2 * BLOCK
 SLOT_MAGIC = b"stlctr01"
-OK_MAGIC = b"stlok001"
+OK_MAGIC_V1 = b"stlok001"
+OK_MAGIC = b"stlok002"
 _SLOT = struct.Struct("!8sQQQ")  # magic, sequence, last_used, last_ok; then crc32 of these bytes
-_OK = struct.Struct("!8sQ")  # magic, last_ok; then crc32
+_OK_V1 = struct.Struct("!8sQ")  # magic, last_ok; then crc32
+_OK = struct.Struct("!8sQQQ")  # magic, last_ok, pending, pending_since_ms; then crc32
 _CRC = struct.Struct("!I")
 CORRUPT_HINT = "the last used counter is unknown; ask the server's admin for a new profile (a new key)"
 
@@ -45,7 +51,9 @@ CORRUPT_HINT = "the last used counter is unknown; ask the server's admin for a n
 @dataclass(frozen=True)
 class CounterState:
     last_used: int  # highest counter this client may have put in a SYN
-    last_ok: int  # counter of the last knock that got an answer (diagnostics)
+    last_ok: int  # counter of the last knock that got an answer
+    pending: int = 0  # counter of a knock that got no answer yet (0: none)
+    pending_since: float = 0.0  # unix time it was first sent
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,8 @@ def _pack_slot(sequence: int, last_used: int, last_ok: int) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def _pack_ok(last_ok: int) -> bytes:
-    body = _OK.pack(OK_MAGIC, last_ok)
+def _pack_ok(last_ok: int, pending: int = 0, pending_since: float = 0.0) -> bytes:
+    body = _OK.pack(OK_MAGIC, last_ok, pending, int(pending_since * 1000))
     return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -83,12 +91,14 @@ def _unpack_slot(raw: bytes) -> _Slot | None:
     return _Slot(sequence, last_used, last_ok)
 
 
-def _unpack_ok(raw: bytes) -> int:
-    body, crc = raw[: _OK.size], raw[_OK.size : _OK.size + _CRC.size]
-    if len(crc) != _CRC.size or _CRC.unpack(crc)[0] != zlib.crc32(body):
-        return 0
-    magic, last_ok = _OK.unpack(body)
-    return int(last_ok) if magic == OK_MAGIC else 0
+def _unpack_ok(raw: bytes) -> tuple[int, int, float]:
+    """(last_ok, pending, pending_since) from block 2, either version; zeros when unreadable."""
+    for fmt, magic in ((_OK, OK_MAGIC), (_OK_V1, OK_MAGIC_V1)):
+        body, crc = raw[: fmt.size], raw[fmt.size : fmt.size + _CRC.size]
+        if len(crc) == _CRC.size and _CRC.unpack(crc)[0] == zlib.crc32(body) and body[:8] == magic:
+            fields = fmt.unpack(body)[1:]
+            return (fields[0], fields[1], fields[2] / 1000) if magic == OK_MAGIC else (fields[0], 0, 0.0)
+    return 0, 0, 0.0
 
 
 def initial_image(state: CounterState) -> bytes:
@@ -114,11 +124,14 @@ def parse(path: Path, image: bytes) -> _Current:
     if torn:
         # the unreadable slot held at most last_used + 1 (it may have been the newer one): skip it
         last_used = min(last_used + 1, COUNTER_MAX)
-    last_ok = max(cur.last_ok, _unpack_ok(image[OK_OFFSET:]))
-    if last_ok > last_used:  # a diagnostics block that disagrees with the slots is ignored
-        last_ok = cur.last_ok
+    answered, pending, since = _unpack_ok(image[OK_OFFSET:])
+    last_ok = max(cur.last_ok, answered)
+    if last_ok > last_used:  # an answers block that disagrees with the slots is ignored
+        last_ok, pending = cur.last_ok, 0
+    if not (last_ok < pending <= last_used or pending & RECOVERY_COUNTER_FLAG):
+        pending, since = 0, 0.0
     target = SLOT_OFFSETS[1] if cur_off == SLOT_OFFSETS[0] else SLOT_OFFSETS[0]
-    return _Current(CounterState(last_used, last_ok), cur.sequence, target, torn)
+    return _Current(CounterState(last_used, last_ok, pending, since), cur.sequence, target, torn)
 
 
 @contextlib.contextmanager
@@ -190,25 +203,77 @@ def _pwrite(path: Path, fd: int, data: bytes, offset: int, sync: bool) -> None:
         raise ConfigError(path, f"cannot write: {e.strerror}") from None
 
 
+def _update(path: Path) -> "contextlib.AbstractContextManager[tuple[int, _Current]]":
+    """Under the file lock: the open fd (the file created if missing) and its current state."""
+
+    @contextlib.contextmanager
+    def cm() -> Iterator[tuple[int, _Current]]:
+        with _locked(path):
+            fd = _open(path)
+            if fd is None:
+                fd = _create(path)
+            try:
+                yield fd, _read(path, fd)
+            finally:
+                os.close(fd)
+
+    return cm()
+
+
+def _save_used(path: Path, fd: int, cur: _Current, last_used: int, last_ok: int) -> None:
+    """Make last_used durable: one slot when it grows by 1, both slots (in turn) when it jumps further
+    or a slot was torn, so the slots never differ by more than 1."""
+    _pwrite(path, fd, _pack_slot(cur.sequence + 1, last_used, last_ok), cur.target, sync=True)
+    if cur.torn or last_used > cur.state.last_used + 1:
+        other = SLOT_OFFSETS[0] if cur.target == SLOT_OFFSETS[1] else SLOT_OFFSETS[1]
+        _pwrite(path, fd, _pack_slot(cur.sequence + 2, last_used, last_ok), other, sync=True)
+
+
 def take_counter(path: Path) -> int:
     """Reserve the next counter under the file lock; it is on disk (fdatasync) before this returns."""
-    with _locked(path):
-        fd = _open(path)
-        if fd is None:
-            fd = _create(path)
-        try:
-            cur = _read(path, fd)
-            if cur.state.last_used >= COUNTER_MAX:
-                raise ConfigError(path, "counter exhausted; ask for a new profile")
-            counter = cur.state.last_used + 1
-            _pwrite(path, fd, _pack_slot(cur.sequence + 1, counter, cur.state.last_ok), cur.target, sync=True)
-            if cur.torn:
-                # repair the other slot too (rare), so the slots again differ by at most 1
-                other = SLOT_OFFSETS[0] if cur.target == SLOT_OFFSETS[1] else SLOT_OFFSETS[1]
-                _pwrite(path, fd, _pack_slot(cur.sequence + 2, counter, cur.state.last_ok), other, sync=True)
-            return counter
-        finally:
-            os.close(fd)
+    with _update(path) as (fd, cur):
+        if cur.state.last_used >= COUNTER_MAX:
+            raise ConfigError(path, "counter exhausted; ask for a new profile")
+        counter = cur.state.last_used + 1
+        _save_used(path, fd, cur, counter, cur.state.last_ok)
+        return counter
+
+
+def claim(path: Path, counter: int, now: float, max_age: float) -> bool:
+    """Take `counter` for a knock about to be sent, under the file lock. The pending counter is taken
+    again while younger than `max_age` seconds (nothing to write: the same knock is sent again). A new
+    counter must be above every counter used so far: it is made durable (fdatasync) and becomes the
+    pending one. False when another run took it first: the caller moves on."""
+    with _update(path) as (fd, cur):
+        st = cur.state
+        if counter <= st.last_used:
+            return counter == st.pending and 0 <= now - st.pending_since < max_age
+        if counter > COUNTER_MAX:
+            raise ConfigError(path, "counter exhausted; ask for a new profile")
+        _save_used(path, fd, cur, counter, st.last_ok)
+        _pwrite(path, fd, _pack_ok(st.last_ok, counter, now), OK_OFFSET, sync=False)
+        return True
+
+
+def mark_pending(path: Path, counter: int, now: float) -> None:
+    """Note a knock that spends no counter of ours (a recovery token) as sent and not yet answered."""
+    with _update(path) as (fd, cur):
+        _pwrite(path, fd, _pack_ok(cur.state.last_ok, counter, now), OK_OFFSET, sync=False)
+
+
+def record_refused(path: Path, counter: int) -> None:
+    """The knock with `counter` got an RST: sending it again is pointless, so it is pending no more."""
+    with _update(path) as (fd, cur):
+        if cur.state.pending == counter:
+            _pwrite(path, fd, _pack_ok(cur.state.last_ok), OK_OFFSET, sync=False)
+
+
+def record_recovery(path: Path, base: int) -> None:
+    """A recovery knock got in: the server's counter for this key is now `base`; so is ours, durably."""
+    with _update(path) as (fd, cur):
+        if base > cur.state.last_used:
+            _save_used(path, fd, cur, base, base)
+        _pwrite(path, fd, _pack_ok(max(base, cur.state.last_ok)), OK_OFFSET, sync=False)
 
 
 def read_counter(path: Path) -> CounterState:
@@ -226,9 +291,9 @@ def read_counter(path: Path) -> CounterState:
 
 
 def record_success(path: Path, counter: int) -> None:
-    """Note that `counter` got an answer. Diagnostics only (the out-of-window hint), so no sync: the page
-    reaches the disk with the next take_counter's fdatasync or the kernel's writeback, and a torn or lost
-    write of its own block only loses this hint, never a slot."""
+    """Note that `counter` got an answer (and is pending no more). No sync: the page reaches the disk with
+    the next fdatasync or the kernel's writeback, and a torn or lost write of its own block costs at most
+    a fresh counter or a needless recovery knock later, never a slot."""
     with _locked(path):
         fd = _open(path)
         if fd is None:
@@ -236,6 +301,7 @@ def record_success(path: Path, counter: int) -> None:
         try:
             cur = _read(path, fd)
             if cur.state.last_ok < counter <= cur.state.last_used:
-                _pwrite(path, fd, _pack_ok(counter), OK_OFFSET, sync=False)
+                pending = cur.state.pending if cur.state.pending > counter else 0
+                _pwrite(path, fd, _pack_ok(counter, pending, cur.state.pending_since), OK_OFFSET, sync=False)
         finally:
             os.close(fd)

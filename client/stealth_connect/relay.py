@@ -22,12 +22,15 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def relay(sock: socket.socket, in_fd: int = 0, out_fd: int = 1) -> None:
+def relay(sock: socket.socket, in_fd: int = 0, out_fd: int = 1) -> str:
+    """Relay until the server closes. Returns "reset" if it reset the connection before sending a
+    byte (the service behind the port is not there), else "closed"."""
     # select(), not epoll: epoll refuses files that cannot be polled, such as stdin from /dev/null
     sel = selectors.SelectSelector()
     sel.register(in_fd, selectors.EVENT_READ, "in")
     sel.register(sock, selectors.EVENT_READ, "sock")
     open_dirs = 2
+    received = False
     try:
         while open_dirs:
             for key, _ in sel.select():
@@ -46,10 +49,12 @@ def relay(sock: socket.socket, in_fd: int = 0, out_fd: int = 1) -> None:
                     try:
                         data = sock.recv(BUFFER_BYTES)
                     except ConnectionResetError:
-                        data = b""
+                        return "closed" if received else "reset"
                     if data:
+                        received = True
                         _write_all(out_fd, data)
                     else:
-                        return  # the server closed: ssh sees EOF when we exit
+                        return "closed"  # the server closed: ssh sees EOF when we exit
     finally:
         sel.close()
+    return "closed"

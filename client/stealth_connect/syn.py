@@ -15,6 +15,8 @@ TCP_QUEUE_SEQ = 21
 TCP_SEND_QUEUE = 2
 TCP_REPAIR_OFF_NO_WP = -1
 
+_TIME_WAIT = "06"  # TCP_TIME_WAIT in /proc/net/tcp{,6}
+
 PRIVILEGE_HINT = (
     "choosing the SYN's sequence number needs CAP_NET_ADMIN (TCP_REPAIR): run stealth-connect as root, "
     "or give the capability to a dedicated copy of the interpreter: "
@@ -24,6 +26,30 @@ PRIVILEGE_HINT = (
 
 class PortBusy(Exception):
     """The token's source port is taken locally; the caller moves on to the next counter."""
+
+
+def _proc_addr(family: int, addr: str) -> str:
+    """An address as /proc/net/tcp{,6} prints it: 32-bit words in host (little-endian) order."""
+    raw = socket.inet_pton(family, addr)
+    return "".join(raw[i : i + 4][::-1].hex().upper() for i in range(0, len(raw), 4))
+
+
+def in_time_wait(family: int, dst: str, dport: int, sport: int) -> bool:
+    """Whether this host holds the 4-tuple (any local address, sport) -> (dst, dport) in TIME_WAIT. A
+    connect() on such a tuple may reuse it with the kernel's own sequence number instead of ours (the
+    knock would carry no token), so the caller treats the port as busy."""
+    remote = f"{_proc_addr(family, dst)}:{dport:04X}"
+    local_port = f":{sport:04X}"
+    try:
+        with open("/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp") as f:
+            for line in f:
+                fields = line.split()
+                if (len(fields) > 3 and fields[3] == _TIME_WAIT and fields[2] == remote
+                        and fields[1].endswith(local_port)):
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def knock_socket(family: int, isn: int, sport: int | None) -> socket.socket:

@@ -31,6 +31,7 @@ class StealthLab(Roles):
     server_log: list[str] = field(default_factory=list)
     server_log_path: Path = Path("/dev/null")
     ready_line: str = ""
+    sshd_proc: "subprocess.Popen[str] | None" = None
 
     # --- server side -------------------------------------------------------------------------------
     def stealth(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -108,6 +109,14 @@ class StealthLab(Roles):
                  or proc.poll() is not None, what="sshd to listen")
         if proc.poll() is not None:
             raise LabError(f"sshd exited: {(self.ssh_dir / 'sshd.log').read_text()}")
+        self.sshd_proc = proc
+
+    def stop_sshd(self) -> None:
+        """Stop the listening sshd (sessions it forked stay)."""
+        if self.sshd_proc is not None:
+            self.sshd_proc.terminate()
+            self.sshd_proc.wait(timeout=10)
+            self.sshd_proc = None
 
     # --- client side -------------------------------------------------------------------------------
     def ssh_argv(self, name: str, host: str, command: str = "echo stealth-ok", fdpass: bool = False,

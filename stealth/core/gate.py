@@ -1,13 +1,15 @@
 # Why: the one decision function both live traffic (NFQUEUE) and recorded traffic (pcap) go through.
 # receive(bytes, now) -> Decision: a verdict plus the commands the executor must carry out first (persist
 # the counter, log the accept). Every rejection is a value with a Reason; no input raises.
+# A token passes once. There is no rule for "exact retransmissions" here: the kernel's resent SYN of an
+# accepted knock finds the connection's conntrack mark and never reaches the queue, and anything that
+# does reach it with a spent token (whatever its timestamp or other unauthenticated fields) is a replay.
 import enum
 from dataclasses import dataclass, field
 
-from stealth.constants import RETRANSMIT_GRACE_SECONDS
-from stealth.core.packet import Reason, Syn, parse_syn
+from stealth.core.packet import Reason, parse_syn
 from stealth.core.secret import Secret
-from stealth.core.table import Accepted, Entry, TokenTable
+from stealth.core.table import Entry, TokenTable
 from stealth.core.token import session_key
 
 
@@ -27,12 +29,14 @@ class PersistCounter:
 
 @dataclass(frozen=True)
 class LogAccept:
+    """Log one accepted knock (its counter: for a recovery token, the client's new base)."""
+
     client: str
     dport: int
     src: bytes
     sport: int
     counter: int
-    retransmit: bool
+    recovery: bool
 
 
 Command = PersistCounter | LogAccept
@@ -56,17 +60,18 @@ def _session(entry: Entry) -> Secret:
     return session_key(spec.key, spec.binding, entry.dport, entry.counter)
 
 
-def _serial_after(a: int, b: int) -> bool:
-    """RFC 1323 timestamp order: a is later than b (mod 2^32)."""
-    return 0 < ((a - b) & 0xFFFFFFFF) < 0x80000000
-
-
 class Gate:
-    def __init__(self, table: TokenTable, grace_seconds: float = RETRANSMIT_GRACE_SECONDS) -> None:
+    """The decision for one packet from the queue, against one token table (which it updates on accept)."""
+
+    def __init__(self, table: TokenTable) -> None:
         self.table = table
-        self.grace_seconds = grace_seconds
 
     def receive(self, packet: bytes, now: float) -> Decision:
+        """Parse `packet` (raw IP bytes from the queue or a capture) and decide. ACCEPT only for a bare
+        SYN whose (port, ISN, source port) is a live token of an enrolled client, from the bound source if
+        the client has one, with a good checksum; the table then counts the token as spent before this
+        returns, and the commands say what must be durable before the verdict. `now` is the time the
+        packet arrived (monotonic seconds), kept for callers' bookkeeping; no rule depends on it."""
         syn = parse_syn(packet)
         if isinstance(syn, Reason):
             return DROP[syn]
@@ -79,39 +84,16 @@ class Gate:
         if not syn.checksum_ok():
             return DROP[Reason.BAD_CHECKSUM]
         if entry.spent:
-            return self._retransmit(entry, syn, now)
-        accepted = Accepted(syn.src, syn.dst, syn.sport, now, syn.tsval())
-        counter = self.table.consume(entry, accepted)
+            return DROP[Reason.REPLAY]
+        counter = self.table.consume(entry)
         name = entry.name
         return Decision(
             Verdict.ACCEPT,
-            Reason.VALID,
+            Reason.RECOVERY if entry.recovery else Reason.VALID,
             (
                 PersistCounter(name, counter, syn.src),
-                LogAccept(name, syn.dport, syn.src, syn.sport, counter, retransmit=False),
+                LogAccept(name, syn.dport, syn.src, syn.sport, counter, recovery=entry.recovery),
             ),
             client=name,
             session_key=_session(entry),
         )
-
-    def _retransmit(self, entry: Entry, syn: Syn, now: float) -> Decision:
-        """Pass an exact retransmission of an accepted SYN: same 4-tuple and ISN, within the grace
-        period, and (when the original carried TCP timestamps) a strictly later TSval, which a byte-exact
-        replay of a recorded SYN cannot have."""
-        a = entry.accepted
-        if (
-            a is None
-            or a.src != syn.src
-            or a.dst != syn.dst
-            or a.sport != syn.sport
-            or now - a.at > self.grace_seconds
-        ):
-            return DROP[Reason.REPLAY]
-        if a.tsval is not None:
-            tsval = syn.tsval()
-            if tsval is None or not _serial_after(tsval, a.tsval):
-                return DROP[Reason.REPLAY]
-            a.tsval = tsval
-        name = entry.name
-        log = LogAccept(name, syn.dport, syn.src, syn.sport, entry.counter, retransmit=True)
-        return Decision(Verdict.ACCEPT, Reason.RETRANSMIT, (log,), client=name, session_key=_session(entry))

@@ -25,7 +25,7 @@ class Reason(enum.StrEnum):
     """Why the gate decided as it did. Values are stable: logs, status and pcap manifests use them."""
 
     VALID = "valid"
-    RETRANSMIT = "retransmit"
+    RECOVERY = "recovery"
     MALFORMED = "malformed"
     NOT_TCP = "not_tcp"
     FRAGMENT = "fragment"

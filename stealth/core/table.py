@@ -1,23 +1,32 @@
 # Why: per-packet work must be one hash lookup, not a loop of MACs over a window (DESIGN §2.10), and a
 # million enrolled clients must fit in well under 1 GiB. The table holds, for every enrolled client and
 # protected port, the wire image (ISN, source port) of its next W counters plus its last W spent ones, so
-# replays and exact retransmissions are recognised. It is the only holder of replay state: a counter at or
-# below a client's accepted counter never passes again.
+# replays are recognised as such, and the recovery tokens of the current time slot and its neighbours
+# (core/recovery.py). It is the only holder of replay state: a counter at or below a client's accepted
+# counter never passes again. Retransmissions of an accepted SYN never get here: conntrack's mark carries
+# them past the queue.
 #
 # Layout: one open-addressing hash table (linear probing, backward-shift deletion) in two flat arrays.
 # A slot is one 64-bit word: tag (port index 4 bits | ISN 32 | source port 16 | port-less flag 1) and the
-# counter's low 11 bits; a parallel 32-bit array names the client. Spent is not stored: a counter is spent
+# counter's low 11 bits (a recovery token: its slot's low 11 bits); a parallel 32-bit array names the
+# client, with the top bit set for recovery tokens. Spent is not stored: a counter is spent
 # when it is at or below the client's last accepted one. Clients live in flat arrays too (32-byte keys in
 # one bytearray, last counters in an array), so the table costs about 12 bytes per token slot and ~150
 # bytes per client, instead of the ~400 bytes per token a dict of objects needs. Python-level reads of
 # array('Q') items are as cheap as dict probes, so a miss costs a few array reads.
-import collections
 import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from stealth.constants import COUNTER_MAX, DEFAULT_WINDOW, MAX_WINDOW, RETRANSMIT_CACHE_MAX
+from stealth.constants import (
+    COUNTER_MAX,
+    DEFAULT_WINDOW,
+    MAX_WINDOW,
+    RECOVERY_COUNTER_FLAG,
+    RECOVERY_SLOT_SKEW,
+)
+from stealth.core.recovery import live_slots, recovery_base, recovery_counter
 from stealth.core.secret import Secret
 from stealth.core.token import Binding, wire_series
 
@@ -29,6 +38,8 @@ _CMASK = (1 << _CBITS) - 1
 _U32 = 0xFFFFFFFF
 MAX_LOAD = 0.7  # grow beyond this many slots in use; linear probing stays short below it
 _FREE = 0xFFFFFFFF
+_RECOVERY_OWNER = 1 << 31  # owner word flag: this slot holds a recovery token
+Series = list[tuple[int, Callable[[int], tuple[int, int | None]]]]  # (port index, counter -> wire image)
 
 assert 2 * MAX_WINDOW <= 1 << _CBITS
 
@@ -45,17 +56,6 @@ class ClientSpec:
     ident: bytes = b""
 
 
-@dataclass(slots=True)
-class Accepted:
-    """The connection an accepted token opened: retransmissions of exactly this SYN may pass."""
-
-    src: bytes
-    dst: bytes
-    sport: int
-    at: float
-    tsval: int | None
-
-
 @dataclass(frozen=True, slots=True)
 class ClientState:
     """A snapshot of one enrolled client: its spec and highest accepted counter."""
@@ -66,25 +66,28 @@ class ClientState:
 
 @dataclass(slots=True)
 class Entry:
-    """One (client, counter, port) token found in the table. The session key is derived only on accept."""
+    """One (client, counter, port) token found in the table. The session key is derived only on accept.
+    A recovery token's counter is recovery_counter(slot); accepting it moves the client to `new_last`."""
 
     table: "TokenTable" = field(repr=False)
     index: int
     counter: int
     dport: int
     tag: int
+    recovery: bool = False
 
     @property
     def client(self) -> ClientState:
         return self.table.state_of(self.index)
 
     @property
-    def spent(self) -> bool:
-        return self.counter <= self.table.last_of(self.index)
+    def new_last(self) -> int:
+        """The client's highest accepted counter once this token is accepted."""
+        return recovery_base(self.counter & ~RECOVERY_COUNTER_FLAG) if self.recovery else self.counter
 
     @property
-    def accepted(self) -> Accepted | None:
-        return self.table.accepted.get(self.tag)
+    def spent(self) -> bool:
+        return self.new_last <= self.table.last_of(self.index)
 
     @property
     def name(self) -> str:
@@ -124,7 +127,7 @@ class TokenTable:
         self.slots = array("Q")
         self.owner = array("I")
         self.used = 0
-        self.accepted: collections.OrderedDict[int, Accepted] = collections.OrderedDict()
+        self.slot: int | None = None  # the recovery slot the table holds tokens around, once set
         self.port_index: dict[int, int] = {}
         self.portless_clients = 0
         # clients, by index
@@ -133,6 +136,7 @@ class TokenTable:
         self._keys = bytearray()
         self._idents = bytearray()
         self._last = array("Q")
+        self._rslot = array("Q")  # per client: the slot its recovery tokens are centred on (0: none)
         self._shape = array("I")
         self._shapes: list[tuple[Binding, tuple[int, ...]]] = []
         self._shape_ids: dict[tuple[Binding, tuple[int, ...]], int] = {}
@@ -144,8 +148,9 @@ class TokenTable:
         return self.used
 
     def tokens_for(self, clients: int, ports_per_client: int) -> int:
-        """Slots `clients` clients need at most: W live plus W spent counters per protected port."""
-        return clients * ports_per_client * 2 * self.window
+        """Slots `clients` clients need at most: W live plus W spent counters per protected port, and the
+        recovery tokens of 2 * RECOVERY_SLOT_SKEW + 1 slots."""
+        return clients * ports_per_client * (2 * self.window + 2 * RECOVERY_SLOT_SKEW + 1)
 
     def reserve(self, tokens: int) -> None:
         """Size the table for `tokens` entries up front (growing later re-inserts every entry)."""
@@ -237,20 +242,23 @@ class TokenTable:
 
     def _entry(self, i: int, tag: int, dport: int) -> Entry:
         index = self.owner[i]
+        low = self.slots[i] & _CMASK
+        if index & _RECOVERY_OWNER:
+            index &= ~_RECOVERY_OWNER
+            first = self._rslot[index] - RECOVERY_SLOT_SKEW  # its slots: first .. first + 2 * skew
+            return Entry(self, index, recovery_counter(first + ((low - first) & _CMASK)), dport, tag, True)
         last = self._last[index]
         # the slot keeps the counter's low bits; the counter is the one within last-W+1 .. last+W
-        low = self.slots[i] & _CMASK
         counter = last - self.window + 1 + ((low - (last - self.window + 1)) & _CMASK)
         return Entry(self, index, counter, dport, tag)
 
-    def consume(self, entry: Entry, accepted: Accepted) -> int:
-        """Spend entry's counter and every lower one; refill the window. Returns the new last counter."""
-        assert entry.counter > self._last[entry.index]
-        self._advance(entry.index, entry.counter)
-        self.accepted[entry.tag] = accepted
-        if len(self.accepted) > RETRANSMIT_CACHE_MAX:
-            self.accepted.popitem(last=False)
-        return entry.counter
+    def consume(self, entry: Entry) -> int:
+        """Spend entry's counter (a recovery token: every counter up to its base) and every lower one;
+        refill the window. Returns the new last counter."""
+        last = entry.new_last
+        assert last > self._last[entry.index]
+        self._advance(entry.index, last)
+        return last
 
     # --- clients -----------------------------------------------------------------------------------
     @property
@@ -314,6 +322,8 @@ class TokenTable:
         """Enroll (or re-enroll) a client whose highest accepted counter is `last`."""
         if len(spec.key.value) != KEY_BYTES_PER_CLIENT or len(spec.ident) not in (0, IDENT_BYTES):
             raise ValueError("a client key is 32 bytes and an ident 0 or 8 bytes")
+        if len(self._names) >= _RECOVERY_OWNER:
+            raise ValueError("too many clients")
         if not 0 <= last <= COUNTER_MAX:
             raise ValueError("counter out of 64-bit range")
         self.remove(spec.name)
@@ -335,6 +345,7 @@ class TokenTable:
             self._keys[k : k + KEY_BYTES_PER_CLIENT] = spec.key.value
             self._idents[index * IDENT_BYTES : (index + 1) * IDENT_BYTES] = ident
             self._last[index] = last
+            self._rslot[index] = 0
             self._shape[index] = shape
         else:
             index = len(self._names)
@@ -342,11 +353,14 @@ class TokenTable:
             self._keys += spec.key.value
             self._idents += ident
             self._last.append(last)
+            self._rslot.append(0)
             self._shape.append(shape)
         self.index[spec.name] = index
         if not spec.binding.port_bits:
             self.portless_clients += 1
         self._fill(index, max(1, last - self.window + 1), min(last + self.window, COUNTER_MAX))
+        if self.slot is not None:
+            self._move_recovery(index, self.slot)
 
     def remove(self, name: str) -> None:
         index = self.index.pop(name, None)
@@ -354,6 +368,9 @@ class TokenTable:
             return
         last = self._last[index]
         self._unfill(index, max(1, last - self.window + 1), min(last + self.window, COUNTER_MAX))
+        if self._rslot[index]:
+            self._unfill_recovery(index, live_slots(self._rslot[index]))
+            self._rslot[index] = 0
         if not self._shapes[self._shape[index]][0].port_bits:
             self.portless_clients -= 1
         k = index * KEY_BYTES_PER_CLIENT
@@ -403,6 +420,47 @@ class TokenTable:
             if index >= len(seen) or not seen[index]:
                 self.remove(name)
 
+    # --- recovery tokens ------------------------------------------------------------------------------
+    def set_slot(self, slot: int) -> None:
+        for _ in self.set_slot_steps(slot):
+            pass
+
+    def set_slot_steps(self, slot: int, chunk: int = 2000) -> Iterator[None]:
+        """Hold every client's recovery tokens for the slots around `slot` (clients enrolled from now on
+        get them at once); yields after every `chunk` clients, so a server keeps serving meanwhile."""
+        if slot <= RECOVERY_SLOT_SKEW:
+            raise ValueError("slot out of range")
+        self.slot = slot
+        for n, index in enumerate(list(self.index.values()), start=1):
+            if self._rslot[index] != slot:
+                self._move_recovery(index, slot)
+            if n % chunk == 0:
+                yield
+
+    def _move_recovery(self, index: int, slot: int) -> None:
+        old = self._rslot[index]
+        keep = set(live_slots(old)) & set(live_slots(slot)) if old else set()
+        series = self._series(index)
+        if old:
+            self._unfill_recovery(index, [s for s in live_slots(old) if s not in keep], series)
+        self._rslot[index] = slot
+        owner = index | _RECOVERY_OWNER
+        for pi, one in series:
+            for s in live_slots(slot):
+                if s not in keep:
+                    isn, sport = one(recovery_counter(s))
+                    self._put((_tag(pi, isn, sport) << _CBITS) | (s & _CMASK), owner)
+
+    def _unfill_recovery(self, index: int, slots: Iterable[int], series: Series | None = None) -> None:
+        owner = index | _RECOVERY_OWNER
+        wanted = list(slots)
+        for pi, one in series if series is not None else self._series(index):
+            for s in wanted:
+                isn, sport = one(recovery_counter(s))
+                i = self._find(_tag(pi, isn, sport))
+                if i >= 0 and self.owner[i] == owner and self.slots[i] & _CMASK == s & _CMASK:
+                    self._delete(i)
+
     # --- filling and emptying a client's window ------------------------------------------------------
     def _advance(self, index: int, last: int) -> None:
         old, w = self._last[index], self.window
@@ -411,14 +469,14 @@ class TokenTable:
         self._unfill(index, max(1, old - w + 1), min(old + w, last - w), series)
         self._fill(index, max(old + w + 1, last - w + 1, 1), min(last + w, COUNTER_MAX), series)
 
-    def _series(self, index: int) -> list[tuple[int, Callable[[int], tuple[int, int | None]]]]:
+    def _series(self, index: int) -> Series:
         binding, ports = self._shapes[self._shape[index]]
         k = index * KEY_BYTES_PER_CLIENT
         key = Secret(bytes(self._keys[k : k + KEY_BYTES_PER_CLIENT]))
         return [(self.port_index[p], wire_series(key, binding, p)) for p in ports]
 
     def _fill(self, index: int, first: int, stop: int,
-              series: list[tuple[int, Callable[[int], tuple[int, int | None]]]] | None = None) -> None:
+              series: Series | None = None) -> None:
         """Insert the tokens of counters first..stop (the start-up hot loop: _put inlined)."""
         if first > stop:
             return
@@ -449,7 +507,7 @@ class TokenTable:
         self.used += added
 
     def _unfill(self, index: int, first: int, stop: int,
-                series: list[tuple[int, Callable[[int], tuple[int, int | None]]]] | None = None) -> None:
+                series: Series | None = None) -> None:
         if first > stop:
             return
         for pi, one in series if series is not None else self._series(index):
@@ -459,4 +517,3 @@ class TokenTable:
                 i = self._find(tag)
                 if i >= 0 and self.owner[i] == index and self.slots[i] & _CMASK == counter & _CMASK:
                     self._delete(i)
-                    self.accepted.pop(tag, None)
