@@ -55,7 +55,8 @@ def spawn(listeners: Sequence[socket.socket], backends: dict[int, Backend]) -> "
     argv = [sys.executable, "-m", "stealth.acceptor", "--parent", str(os.getpid())]
     argv += [a for fd in fds for a in ("--fd", str(fd))]
     argv += [a for port, b in sorted(backends.items()) for a in ("--backend", f"{port}={b}")]
-    return subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL)
+    # stdout: nothing to say there, and whoever reads the daemon's stdout must not wait for relays
+    return subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
 def serve(listeners: Sequence[socket.socket], backends: dict[int, Backend], parent: int) -> None:

@@ -208,10 +208,10 @@ def test_two_devices_with_one_profile_are_told_what_to_do(sl: Any) -> None:
         first = login(sl, "laptop", host=sl.atk)
         assert first.returncode == 0, first.stderr
         assert "another device" in first.stderr and "--devices" in first.stderr, first.stderr
-        # now the desktop is behind: refused, and its recovery knock of this slot is spent too; it is
-        # told so, not left guessing (in the next slot its recovery knock would get in again)
+        # now the desktop is behind: its knock is refused, and so is its recovery knock of this slot
+        # (the laptop used it); the first counter after the laptop's base may still get it in. Either
+        # way it is told what happened and what to do, never left guessing
         second = login(sl, "bob")
-        told = "another device" in second.stderr and "own profile" in second.stderr
-        assert (second.returncode != 0 and told) or (second.returncode == 0 and "recovery" in second.stderr)
+        assert "another device" in second.stderr and "own profile" in second.stderr, second.stderr
     finally:
         del sl.client_dirs["laptop"]

@@ -5,6 +5,7 @@
 # not rewrite come first). A client that may have fallen past the server's window knocks with the
 # recovery token of the current time slot instead, and gets back in by itself. Each failure says which
 # case it was: no answer at all, or an RST from the host.
+import errno
 import socket
 import time
 from collections.abc import Callable
@@ -24,13 +25,15 @@ from stealth.errors import ClientError
 from stealth.profile import Profile
 from stealth_connect.counter import CounterState, claim, mark_pending, record_recovery, record_refused
 from stealth_connect.profiles import ClientStore, load_profile, read_counter, record_success
-from stealth_connect.syn import PortBusy, in_time_wait, knock_socket
+from stealth_connect.syn import PortBusy, knock_socket, tuple_in_use
 
 MAX_BUSY_PORT_SKIPS = 8
 # Counters used without an answer before the next run knocks with the recovery token instead: each of
 # them went unanswered for PENDING_KNOCK_SECONDS, so either the path or the server has been failing for
 # minutes, or another device with a copy of this profile is ahead of this one.
 RECOVER_AFTER_UNANSWERED = 3
+BUSY_MESSAGE = ("the source ports of this profile's next knocks are all in use on this machine (or their "
+                "tuples towards this server are); nothing was spent: try again shortly")
 Address = tuple[str, int] | tuple[str, int, int, int]
 
 
@@ -83,33 +86,39 @@ def connect(
     attempt = _prepare(prof, port, family, addr, counter_path, _candidates(prof, state, clock()), clock())
     outcome = _knock(attempt, addr, timeout)
     tried = {attempt.knock.counter}
-    while outcome == "refused":
-        record_refused(counter_path, attempt.knock.counter)
-        following = [c for c in _after_refusal(prof, attempt, read_counter(counter_path), clock())
-                     if c[1] not in tried]
+    refusals = 0
+    while outcome in ("refused", "busy"):
+        if outcome == "refused":
+            refusals += 1
+            record_refused(counter_path, attempt.knock.counter)
+            following = _after_refusal(prof, attempt, read_counter(counter_path), clock())
+        else:
+            following = _candidates(prof, read_counter(counter_path), clock())
+        following = [c for c in following if c[1] not in tried]
         if not following:
             break
         attempt = _prepare(prof, port, family, addr, counter_path, following, clock())
         tried.add(attempt.knock.counter)
         outcome = _knock(attempt, addr, timeout)
     if outcome == "refused":
-        record_refused(counter_path, attempt.knock.counter)
         raise ClientError(_refused(host, port))
+    if outcome == "busy":
+        raise ClientError(BUSY_MESSAGE)
     if outcome == "silent":
         raise ClientError(_silence(host, port, prof, attempt, timeout, clock()))
     if attempt.kind == "recovery":
         record_recovery(counter_path, recovery_base(attempt.slot))
-        if notify is not None:
-            notify(_recovered(prof, state))
     else:
         record_success(counter_path, attempt.knock.counter)
+    if notify is not None and (attempt.kind == "recovery" or refusals):
+        notify(_recovered(prof, state, refusals))
     return attempt.sock, attempt.knock.session_key
 
 
 def _knock(attempt: Attempt, addr: Address, timeout: float) -> str:
     """connect() the prepared socket: the kernel sends the SYN and resends it on the same tuple until
-    `timeout`. "connected" leaves the socket connected and blocking; "refused" (an RST) and "silent"
-    close it (a silent knock stays pending)."""
+    `timeout`. "connected" leaves the socket connected and blocking; "refused" (an RST), "silent" (a
+    silent knock stays pending) and "busy" (the tuple was taken meanwhile) close it."""
     sock = attempt.sock
     sock.settimeout(timeout)
     try:
@@ -122,6 +131,8 @@ def _knock(attempt: Attempt, addr: Address, timeout: float) -> str:
         return "silent"
     except OSError as e:
         sock.close()
+        if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):  # another run took the tuple just now
+            return "busy"
         raise ClientError(f"cannot connect to {addr[0]}:{addr[1]}: {e.strerror}") from None
     sock.settimeout(None)
     return "connected"
@@ -165,18 +176,16 @@ def _after_refusal(prof: Profile, refused: Attempt, state: CounterState, now: fl
 
 def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path: Path,
              candidates: list[tuple[str, int]], now: float) -> Attempt:
-    """The first candidate whose SYN can leave: its port free and its tuple not in TIME_WAIT here, then
-    (for a counter) claimed durably. Nothing is spent on a candidate that cannot be sent."""
-    busy = 0
+    """The first candidate whose SYN can leave: its port free and its tuple not in use here (another
+    run's knock, a connection, TIME_WAIT), then (for a counter) claimed durably. Nothing is spent on a
+    candidate that cannot be sent."""
     for kind, counter in candidates:
         knock = derive(prof.key, prof.binding, port, counter)
-        if knock.sport is not None and in_time_wait(family, addr[0], port, knock.sport):
-            busy += 1
+        if knock.sport is not None and tuple_in_use(family, addr[0], port, knock.sport):
             continue
         try:
             sock = knock_socket(family, knock.isn, knock.sport)  # ClientError without privilege
         except PortBusy:
-            busy += 1
             continue
         if kind == "recovery":
             mark_pending(counter_path, counter, now)
@@ -184,10 +193,7 @@ def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path:
             sock.close()  # another run took it meanwhile
             continue
         return Attempt(sock, knock, kind, slot_of(now) if kind == "recovery" else 0)
-    raise ClientError(
-        f"the source ports of this profile's next {busy} knocks are all in use on this machine (or in "
-        "TIME_WAIT towards this server); nothing was spent: try again shortly"
-    )
+    raise ClientError(BUSY_MESSAGE)
 
 
 def _silence(host: str, port: int, prof: Profile, attempt: Attempt, timeout: float, now: float) -> str:
@@ -211,9 +217,10 @@ def _refused(host: str, port: int) -> str:
             "slot already (then each device needs its own profile)")
 
 
-def _recovered(prof: Profile, before: CounterState) -> str:
+def _recovered(prof: Profile, before: CounterState, refusals: int) -> str:
     lost = before.last_used - before.last_ok
-    return (f"stealth-connect: got back in with a recovery knock ({prof.name}): {lost} knocks since the "
-            "last answered one were not accepted. If this profile is also used on another device, the two "
-            "push each other out: give each device its own profile "
-            f"(stealth server add-client {prof.name} --devices NAME,NAME)")
+    why = (f"{refusals} knock{'s' if refusals > 1 else ''} refused as already used" if refusals else
+           f"{lost} knocks since the last answered one not accepted")
+    return (f"stealth-connect: got back in with a recovery knock ({prof.name}) after {why}. If this profile "
+            "is also used on another device, the two push each other out: give each device its own "
+            f"profile (stealth server add-client {prof.name} --devices NAME,NAME)")

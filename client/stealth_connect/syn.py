@@ -15,8 +15,6 @@ TCP_QUEUE_SEQ = 21
 TCP_SEND_QUEUE = 2
 TCP_REPAIR_OFF_NO_WP = -1
 
-_TIME_WAIT = "06"  # TCP_TIME_WAIT in /proc/net/tcp{,6}
-
 PRIVILEGE_HINT = (
     "choosing the SYN's sequence number needs CAP_NET_ADMIN (TCP_REPAIR): run stealth-connect as root, "
     "or give the capability to a dedicated copy of the interpreter: "
@@ -34,18 +32,18 @@ def _proc_addr(family: int, addr: str) -> str:
     return "".join(raw[i : i + 4][::-1].hex().upper() for i in range(0, len(raw), 4))
 
 
-def in_time_wait(family: int, dst: str, dport: int, sport: int) -> bool:
-    """Whether this host holds the 4-tuple (any local address, sport) -> (dst, dport) in TIME_WAIT. A
-    connect() on such a tuple may reuse it with the kernel's own sequence number instead of ours (the
-    knock would carry no token), so the caller treats the port as busy."""
+def tuple_in_use(family: int, dst: str, dport: int, sport: int) -> bool:
+    """Whether a socket of this host holds the 4-tuple (any local address, sport) -> (dst, dport), in any
+    state: another run's knock still waiting for its answer, a connection, or TIME_WAIT (where connect()
+    may reuse the tuple with the kernel's own sequence number instead of ours, so the knock would carry
+    no token). The caller treats the port as busy."""
     remote = f"{_proc_addr(family, dst)}:{dport:04X}"
     local_port = f":{sport:04X}"
     try:
         with open("/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp") as f:
             for line in f:
                 fields = line.split()
-                if (len(fields) > 3 and fields[3] == _TIME_WAIT and fields[2] == remote
-                        and fields[1].endswith(local_port)):
+                if len(fields) > 3 and fields[2] == remote and fields[1].endswith(local_port):
                     return True
     except OSError:
         return False
