@@ -16,6 +16,7 @@ from stealth.constants import (
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
     DEFAULT_QUEUE_NUM,
+    DEFAULT_SEAL_DEADLINE_MS,
     DEFAULT_SYN_RATE_PER_SECOND,
     DEFAULT_WINDOW,
     MAX_WINDOW,
@@ -97,17 +98,25 @@ def server() -> None:
 @click.option("--backend", "backends", multiple=True, metavar="PORT=BACKEND", callback=backends_callback,
               help="Where the service behind a protected port listens: HOST:PORT on loopback, or "
               "unix:PATH (repeatable; default 127.0.0.1:PORT).")
+@click.option("--seal", "seals", multiple=True, metavar="PORT=BACKEND", callback=backends_callback,
+              help="Like --backend, and seal the port: a connection reaches the service only after its "
+              "first bytes prove the knock's session key (repeatable).")
+@click.option("--seal-deadline-ms", default=DEFAULT_SEAL_DEADLINE_MS, show_default=True,
+              type=click.IntRange(100, 600_000), help="How long a sealed connection may take to prove it.")
 @reports_errors
 def init(state_dir: Path, server_id: str, ports: tuple[int, ...], window: int, queue: int, unauth: str,
-         syn_rate: int, backends: tuple[tuple[int, Backend], ...]) -> None:
+         syn_rate: int, backends: tuple[tuple[int, Backend], ...], seals: tuple[tuple[int, Backend], ...],
+         seal_deadline_ms: int) -> None:
     """Create a server state directory. The services behind protected ports must listen on loopback
     (or a Unix socket): stealth hands them the connections whose knock it accepted."""
     config = ServerConfig(server_id, ports, window, queue, unauth=unauth, syn_rate_per_second=syn_rate,
-                          syn_burst=2 * syn_rate, backends=backends)
+                          syn_burst=2 * syn_rate, backends=tuple(sorted(dict([*backends, *seals]).items())),
+                          sealed=tuple(sorted(p for p, _ in seals)), seal_deadline_ms=seal_deadline_ms)
     ServerState(state_dir).init(config)
     click.echo(f"initialised {state_dir} (server id {server_id!r}, ports {','.join(map(str, ports))})")
     for port in ports:
-        click.echo(f"  port {port}: accepted connections go to {config.backend(port)}")
+        sealed = " once they prove the session key (sealed)" if port in config.sealed else ""
+        click.echo(f"  port {port}: accepted connections go to {config.backend(port)}{sealed}")
 
 
 def source_port_options(f: F) -> F:

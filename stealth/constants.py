@@ -9,6 +9,11 @@ KEY_BYTES: Final = 32
 TOKEN_PERSON: Final = b"stealth-token-v1"
 SESSION_PERSON: Final = b"stealth-sess-v01"
 KEY_ID_PERSON: Final = b"stealth-keyid-v1"
+# Sealed ports: the first bytes each way of a knocked connection, MACs under its session key.
+PROOF_CLIENT_PERSON: Final = b"stealth-prf-c-v1"
+PROOF_SERVER_PERSON: Final = b"stealth-prf-s-v1"
+PROOF_BYTES: Final = 16
+DEFAULT_SEAL_DEADLINE_MS: Final = 5000  # a sealed connection's proof must arrive within this
 TOKEN_DIGEST_BYTES: Final = 32
 SESSION_KEY_BYTES: Final = 32
 
@@ -35,10 +40,12 @@ RECOVERY_COUNTER_FLAG: Final = 1 << 63  # normal counters stay below it
 RECOVERY_BASE_SHIFT: Final = 24
 
 # A knock that got no answer is sent again, same counter, same ISN and source port, for this long after
-# it was first sent (by later stealth-connect runs too). Below conntrack's SYN_RECV timeout (60 s):
-# if the server did accept it and only the answer was lost, a resend on the same tuple still finds the
-# marked conntrack entry; later the token is spent, and the client moves on to the next counter.
-PENDING_KNOCK_SECONDS: Final = 50.0
+# it was first sent (by later stealth-connect runs too). Below conntrack's SYN_RECV timeout (60 s): if
+# the server did accept it and only the answer was lost, a resend on the same tuple still finds the
+# marked conntrack entry. It is not longer because a knock the server took without answering (a crash
+# between accept and verdict, a token raced by a thief) stays unanswered until the client moves on;
+# a counter spent on a dead server costs nothing lasting (3 of them lead to the recovery knock).
+PENDING_KNOCK_SECONDS: Final = 20.0
 
 # Firewall defaults.
 DEFAULT_QUEUE_NUM: Final = 50

@@ -27,6 +27,14 @@ def _is_loopback(addr: str) -> bool:
     return addr == _V6_LOOPBACK_HEX or (addr.startswith(_V4_MAPPED_HEX) and addr.endswith("7F"))
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _readable(addr: str, port: int) -> str:
     raw = b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, len(addr), 8))
     if len(raw) == 4:
@@ -60,10 +68,12 @@ class Guard:
     supervisor, or (start_thread) beside a process that serves the queue: reading the ruleset takes
     milliseconds, which the packet loop must not wait for."""
 
-    def __init__(self, rules: dict[int, RuleConfig],
-                 acceptor: Callable[[], "subprocess.Popen[bytes]"]) -> None:
+    def __init__(self, rules: dict[int, RuleConfig], acceptor: Callable[[], "subprocess.Popen[bytes]"],
+                 config_path: Path) -> None:
         self.rules = rules
         self._spawn = acceptor
+        self._config_path = config_path
+        self._config_stamp = _stamp(config_path)
         self.acceptor = acceptor()
         self.repairs = 0
         self.last_problem: str | None = None
@@ -94,11 +104,22 @@ class Guard:
         if self.acceptor.poll() is not None:
             log.error("acceptor exited (status %s); restarting it", self.acceptor.returncode)
             self.acceptor = self._spawn()
+        stamp = _stamp(self._config_path)
+        if stamp != self._config_stamp:  # backends or sealed ports may have changed
+            self._config_stamp = stamp
+            log.info("%s changed: restarting the acceptor with its backends and sealed ports",
+                     self._config_path)
+            self._stop_acceptor()
+            self.acceptor = self._spawn()
 
     def stop(self) -> None:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
+        self._stop_acceptor()
+
+    def _stop_acceptor(self) -> None:
+        """Stop the acceptor (relays of open sessions go on; queued connections wait in the listener)."""
         if self.acceptor.poll() is None:
             self.acceptor.terminate()
         try:

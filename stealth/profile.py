@@ -28,6 +28,7 @@ class Profile:
     port_bits: bool = True
     port_range: PortRange = field(default_factory=PortRange)
     bind_source: str | None = None
+    sealed: tuple[int, ...] = ()  # ports where the connection must open with the session key's proof
 
     @property
     def binding(self) -> Binding:
@@ -52,6 +53,8 @@ class Profile:
         }
         if self.bind_source:
             doc["bind_source"] = self.bind_source
+        if self.sealed:
+            doc["sealed"] = list(self.sealed)
         return doc
 
     @classmethod
@@ -85,8 +88,11 @@ class Profile:
                 port_bits=f.flag("port_bits", True),
                 port_range=port_range,
                 bind_source=source,
+                sealed=f.ports("sealed") if "sealed" in f.table else (),
             )
             profile.binding  # noqa: B018 -- validates server id length
+            if not set(profile.sealed) <= set(profile.ports):
+                raise f.fault("sealed", "lists a port the profile does not cover")
         except ValueError as e:
             raise ConfigError(path, f"{where or 'profile'}: {e}") from None
         return profile

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-from stealth.acceptor import open_listeners, spawn
+from stealth.acceptor import Plan, open_listeners, spawn
 from stealth.constants import (
     RELOAD_POLL_SECONDS,
     RELOAD_STEP_SECONDS,
@@ -24,6 +24,7 @@ from stealth.constants import (
 from stealth.core.gate import Gate, LogAccept, PersistCounter, Verdict
 from stealth.core.packet import Reason
 from stealth.core.recovery import slot_of
+from stealth.core.secret import Secret
 from stealth.core.table import TokenTable
 from stealth.errors import ConfigError, StealthError
 from stealth.firewall import RuleConfig, available_families, install
@@ -31,10 +32,12 @@ from stealth.guard import Guard, public_listeners
 from stealth.hoststyle import host_unused_port_mode
 from stealth.nfqueue import AfterCommit, Queue
 from stealth.server_state import ServerConfig, ServerState
+from stealth.sessions import key_channel, send_key
 from stealth.store import locked
 
 log = logging.getLogger("stealth.server")
-PendingAccept = tuple[PersistCounter | None, LogAccept | None, bytes]  # ..., the client's enrollment id
+# the accept's commands, the client's enrollment id, and the session key (for a sealed port's relay)
+PendingAccept = tuple[PersistCounter | None, LogAccept | None, bytes, Secret | None]
 NO_MARK = 0  # accept without a mark: the kernel's stack finds no socket and answers as for an unused port
 
 
@@ -114,6 +117,7 @@ class Server:
         self.good_list_fd: int | None = None
         self.exposed: list[str] = []  # public listeners on protected ports: reject by dropping
         self.guard: Guard | None = None  # in the process that checks the rules (not in workers)
+        self.keys: socket.socket | None = None  # session keys of accepted knocks, to the acceptor
 
     # --- packet path -------------------------------------------------------------------------------
     def reject(self, payload: bytes) -> int | None:
@@ -133,7 +137,7 @@ class Server:
         logline = next((c for c in decision.commands if isinstance(c, LogAccept)), None)
         ident = self.table.ident_of(persist.client) if persist is not None else b""
         self.counts[decision.reason] += 1
-        self._pending.append((persist, logline, ident))  # last: one record per held packet, in order
+        self._pending.append((persist, logline, ident, decision.session_key))  # one per held packet
         return AfterCommit(self.config.mark)  # every accept waits until its counter is durable
 
     def commit(self) -> list[bool]:
@@ -153,11 +157,13 @@ class Server:
             log.error("cannot persist counters, dropping %d knock(s): %s", len(pending), e)
             self.counts[Reason.PERSIST_FAILED] += len(pending)
             return [False] * len(pending)
-        for good, (persist, logline, _) in zip(ok, pending, strict=True):
+        for good, (persist, logline, _, session_key) in zip(ok, pending, strict=True):
             if not good:
                 continue
             if persist is not None:
                 self._remember_source(persist)
+            if logline is not None and session_key is not None and self.keys is not None:
+                send_key(self.keys, logline.src, logline.sport, logline.dport, session_key)
             if logline is not None:
                 log.info(
                     "accept client=%s port=%d src=[%s]:%d counter=%d%s", logline.client, logline.dport,
@@ -167,7 +173,7 @@ class Server:
         return ok
 
     def _persist(self, pending: list[PendingAccept], ok: list[bool]) -> None:
-        self.log.append([(ident, p.counter) for good, (p, _, ident) in zip(ok, pending, strict=True)
+        self.log.append([(ident, p.counter) for good, (p, _, ident, _) in zip(ok, pending, strict=True)
                          if good and p is not None])
         if self.log.needs_compaction(len(self.table.clients)):
             self._compact()
@@ -190,7 +196,7 @@ class Server:
         for ident, counter in theirs:
             if counter > best.get(ident, 0):
                 best[ident] = counter
-        for i, (persist, _, raw_ident) in enumerate(pending):
+        for i, (persist, _, raw_ident, _) in enumerate(pending):
             if persist is not None and best.get(raw_ident.hex(), 0) >= persist.counter:
                 ok[i] = False
                 self.counts[Reason.VALID] -= 1
@@ -323,7 +329,7 @@ class Server:
             rules = {f: self.rule_config(f) for f in families}
             self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
             listeners = open_listeners(self.config.accept_port, families)
-            backends = {p: self.config.backend(p) for p in self.config.ports}
+            self.keys, keys_in = key_channel()
             queue = None
             if self.workers == 1:
                 queue = Queue(self.queue_num, self.handle, self.on_error, self.commit)
@@ -331,7 +337,8 @@ class Server:
             children: dict[int, int] = {}
             try:
                 install(rules)  # until the workers bind their queues, SYNs are dropped: fail closed
-                self.guard = Guard(rules, lambda: spawn(listeners, backends))
+                self.guard = Guard(rules, lambda: spawn(listeners, self._plan(), keys_in),
+                                   self.state.config_path)
                 self.state.write_status({**self.status(families), "running": True})
                 self._open_good_list(rules[4].good_list)
                 try:
@@ -358,10 +365,23 @@ class Server:
                     queue.close()
                 for sock in listeners:
                     sock.close()
+                keys_in.close()
+                self.keys.close()
                 self.log.close()
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
                 self.state.write_status({**self.status(families), "running": False})
+
+    def _plan(self) -> Plan:
+        """Backends and sealed ports for the acceptor, from server.toml as it is now (a change there
+        restarts the acceptor: sealing a port needs no daemon restart)."""
+        try:
+            c = self.state.load_config()
+        except StealthError as e:
+            log.error("%s; the acceptor keeps the settings the server started with", e)
+            c = self.config
+        return Plan({p: c.backend(p) for p in self.config.ports}, frozenset(c.sealed),
+                    c.seal_deadline_ms / 1000)
 
     def _open_good_list(self, name: str) -> None:
         path = f"/proc/net/xt_recent/{name}"

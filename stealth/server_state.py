@@ -27,6 +27,7 @@ from stealth.constants import (
     DEFAULT_PORT_LOW,
     DEFAULT_PORT_STEP,
     DEFAULT_QUEUE_NUM,
+    DEFAULT_SEAL_DEADLINE_MS,
     DEFAULT_SYN_BURST,
     DEFAULT_SYN_RATE_PER_SECOND,
     DEFAULT_WINDOW,
@@ -74,6 +75,8 @@ class ServerConfig:
     prefix_v6: int = 64
     backends: tuple[tuple[int, Backend], ...] = ()  # (port, backend) where not the default
     accept_port: int = DEFAULT_ACCEPT_PORT  # the daemon's transparent listener, on loopback
+    sealed: tuple[int, ...] = ()  # ports whose connections must prove the session key first
+    seal_deadline_ms: int = DEFAULT_SEAL_DEADLINE_MS
 
     def backend(self, port: int) -> Backend:
         """Where accepted connections to `port` go (by default the same port on 127.0.0.1)."""
@@ -124,7 +127,8 @@ class ServerState:
                 "queue": config.queue, "mark": config.mark, "unauth": config.unauth,
                 "syn_rate_per_second": config.syn_rate_per_second, "syn_burst": config.syn_burst,
                 "prefix_v4": config.prefix_v4, "prefix_v6": config.prefix_v6,
-                "accept_port": config.accept_port,
+                "accept_port": config.accept_port, "sealed": list(config.sealed),
+                "seal_deadline_ms": config.seal_deadline_ms,
                 "backends": {str(port): str(b) for port, b in config.backends},
             })
             if not self.clients_path.exists():
@@ -149,6 +153,8 @@ class ServerState:
             prefix_v6=f.integer("prefix_v6", 16, 128, 64),
             backends=read_backends(f),
             accept_port=f.integer("accept_port", 1, 65535, DEFAULT_ACCEPT_PORT),
+            sealed=f.ports("sealed", []) if f.get("sealed", list, []) else (),
+            seal_deadline_ms=f.integer("seal_deadline_ms", 100, 600_000, DEFAULT_SEAL_DEADLINE_MS),
         )
         check_config(self.config_path, config)
         return config
@@ -255,6 +261,7 @@ class ServerState:
                 name=name, server_id=config.server_id, key=Secret(nacl.utils.random(KEY_BYTES)),
                 ports=ports, window=config.window, port_bits=port_bits,
                 port_range=port_range or PortRange(), bind_source=bind_source,
+                sealed=tuple(p for p in ports if p in config.sealed),
             )
             profiles.append(profile)
         if profiles:
@@ -358,6 +365,9 @@ def check_config(path: Path, config: ServerConfig) -> None:
         raise ConfigError(path, f"backends: port {stray[0]} is not a protected port")
     if config.accept_port in config.ports:
         raise ConfigError(path, "accept_port: must not be a protected port")
+    unprotected = [port for port in config.sealed if port not in config.ports]
+    if unprotected:
+        raise ConfigError(path, f"sealed: port {unprotected[0]} is not a protected port")
 
 
 def read_backends(f: Fields) -> tuple[tuple[int, Backend], ...]:
@@ -500,5 +510,6 @@ class ClientsReader:
         profile = Profile(
             name=name, server_id=self.config.server_id, key=Secret(raw), ports=ports,
             window=self.config.window, port_bits=port_bits, port_range=port_range, bind_source=source,
+            sealed=tuple(p for p in ports if p in self.config.sealed),
         )
         return Enrolled(profile, enrollment, floor)

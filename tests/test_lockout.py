@@ -84,15 +84,16 @@ def test_server_down_during_30_abandoned_attempts_costs_nothing(sl: Any) -> None
     kill_server(sl)
     with sl.cli.capture("tcp dst port 22 and tcp[tcpflags] & tcp-syn != 0") as cap:
         abandoned_attempts(sl, 30)
-    # every attempt sent the same knock again: one token on the wire, one counter pending
+    # every attempt sent the pending knock again: one token per PENDING_KNOCK_SECONDS on the wire, and
+    # never more than RECOVER_AFTER_UNANSWERED counters in all
     isns = knock_isns(sl, cap.packets())
-    assert len(isns) == 1, isns
     after = state(sl)
-    assert after.last_used == before.last_used + 1 and after.pending == after.last_used
+    spent = after.last_used - before.last_used
+    assert 1 <= spent <= 2 and len(isns) == spent and after.pending == after.last_used, (isns, after)
     sl.start_server()
     result = login(sl)
     assert result.returncode == 0, result.stderr
-    assert state(sl).last_ok == after.last_used  # the very knock that went unheard got in
+    assert state(sl).last_ok <= after.last_used + 1  # a knock that went unheard got in, or the next
 
 
 def test_on_path_dropper_for_30_attempts_then_the_first_login_works(sl: Any) -> None:
@@ -103,7 +104,7 @@ def test_on_path_dropper_for_30_attempts_then_the_first_login_works(sl: Any) -> 
         abandoned_attempts(sl, 30, seconds=0.5)
     finally:
         sl.srv.run(["iptables", "-t", "raw", "-D", *drop])
-    assert state(sl).last_used == before.last_used + 1
+    assert state(sl).last_used - before.last_used <= 2
     result = login(sl)
     assert result.returncode == 0, result.stderr
 

@@ -25,6 +25,7 @@ from stealth.errors import ClientError
 from stealth.profile import Profile
 from stealth_connect.counter import CounterState, claim, mark_pending, record_recovery, record_refused
 from stealth_connect.profiles import ClientStore, load_profile, read_counter, record_success
+from stealth_connect.seal import prove
 from stealth_connect.syn import PortBusy, knock_socket, tuple_in_use
 
 MAX_BUSY_PORT_SKIPS = 8
@@ -83,7 +84,10 @@ def connect(
     counter_path = store.counter_path(prof)
     family, addr = resolve(host, port)
     state = read_counter(counter_path)
-    attempt = _prepare(prof, port, family, addr, counter_path, _candidates(prof, state, clock()), clock())
+    first = _prepare(prof, port, family, addr, counter_path, _candidates(prof, state, clock()), clock())
+    if first is None:
+        raise ClientError(BUSY_MESSAGE)
+    attempt = first
     outcome = _knock(attempt, addr, timeout)
     tried = {attempt.knock.counter}
     refusals = 0
@@ -95,9 +99,10 @@ def connect(
         else:
             following = _candidates(prof, read_counter(counter_path), clock())
         following = [c for c in following if c[1] not in tried]
-        if not following:
+        nxt = _prepare(prof, port, family, addr, counter_path, following, clock()) if following else None
+        if nxt is None:
             break
-        attempt = _prepare(prof, port, family, addr, counter_path, following, clock())
+        attempt = nxt
         tried.add(attempt.knock.counter)
         outcome = _knock(attempt, addr, timeout)
     if outcome == "refused":
@@ -112,6 +117,8 @@ def connect(
         record_success(counter_path, attempt.knock.counter)
     if notify is not None and (attempt.kind == "recovery" or refusals):
         notify(_recovered(prof, state, refusals))
+    if port in prof.sealed:
+        prove(attempt.sock, attempt.knock.session_key, timeout, f"{host}:{port}")
     return attempt.sock, attempt.knock.session_key
 
 
@@ -175,10 +182,10 @@ def _after_refusal(prof: Profile, refused: Attempt, state: CounterState, now: fl
 
 
 def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path: Path,
-             candidates: list[tuple[str, int]], now: float) -> Attempt:
+             candidates: list[tuple[str, int]], now: float) -> Attempt | None:
     """The first candidate whose SYN can leave: its port free and its tuple not in use here (another
     run's knock, a connection, TIME_WAIT), then (for a counter) claimed durably. Nothing is spent on a
-    candidate that cannot be sent."""
+    candidate that cannot be sent; None when no candidate can leave."""
     for kind, counter in candidates:
         knock = derive(prof.key, prof.binding, port, counter)
         if knock.sport is not None and tuple_in_use(family, addr[0], port, knock.sport):
@@ -193,7 +200,7 @@ def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path:
             sock.close()  # another run took it meanwhile
             continue
         return Attempt(sock, knock, kind, slot_of(now) if kind == "recovery" else 0)
-    raise ClientError(BUSY_MESSAGE)
+    return None
 
 
 def _silence(host: str, port: int, prof: Profile, attempt: Attempt, timeout: float, now: float) -> str:

@@ -5,6 +5,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import Any
 
 from netlab import send_raw
 from stealthlab import replies, stealth_lab, syns
@@ -22,9 +23,23 @@ def show(argv: list[str], result: subprocess.CompletedProcess[str]) -> None:
     print(f"(exit status {result.returncode})", flush=True)
 
 
+def steal_next_knock(sl: Any) -> dict[str, Any]:
+    """Connect from the attacker with alice's next token, without her key: what a thief gets."""
+    from stealth_connect.profiles import ClientStore, load_profile
+    from stealthlab import use_token
+
+    from stealth.core.token import derive
+
+    prof = load_profile(ClientStore(sl.client_dirs["alice"]).find(sl.srv.ip4))
+    knock = derive(prof.key, prof.binding, 22, sl.counter("alice") + 1)
+    assert knock.sport is not None
+    return use_token(sl.atk, sl.srv.ip4, 22, knock.isn, knock.sport)
+
+
 def main() -> int:
     say("building namespaces: server 198.51.100.1 (sshd + stealth), client .2, attacker .3")
-    with stealth_lab(server_id="demo-server", clients=("alice",), start=False) as sl:
+    seal = ("--seal", "22=127.0.0.1:22")  # port 22 is sealed: a token alone reaches nothing
+    with stealth_lab(server_id="demo-server", clients=("alice",), start=False, init_args=seal) as sl:
         srv, cli, atk = sl.srv, sl.cli, sl.atk
         # a typical firewalled host: loopback and established traffic pass, unused ports drop silently;
         # sshd listens on 127.0.0.1:22 only, and stealth hands it the connections whose knock it accepted
@@ -71,6 +86,14 @@ def main() -> int:
             replay_silent = replies(acap.packets(), srv.ip4) == []
             print("replies seen by the attacker:", "none" if replay_silent else "SOME (unexpected)")
 
+        say("the attacker steals alice's next knock (as one on the path would) and uses it first")
+        stolen = steal_next_knock(sl)
+        print(f"the stolen token got a connection: {stolen['connected']}; bytes from sshd: "
+              f"{len(stolen['bytes']) // 2}; it ended with: {stolen['how']}")
+        thief_blind = stolen["bytes"] == "" and stolen["how"] == "rst"
+        print("(port 22 is sealed: the connection's first bytes must prove the knock's session key, which "
+              "only alice's key gives; without it, an RST at the deadline and not one byte of sshd)")
+
         say("without a knock, ssh gets no answer at all")
         plain = sl.ssh_argv("alice", srv.ip4, knock=False, connect_timeout=3)
         plain_result = cli.run(plain, check=False, timeout=30, stdin=subprocess.DEVNULL)
@@ -83,7 +106,7 @@ def main() -> int:
         print("server log:\n" + log.rstrip())
 
     say("torn down: namespaces and their rules are gone")
-    ok = login_ok and scan_blind and replay_silent and plain_result.returncode != 0
+    ok = login_ok and scan_blind and replay_silent and thief_blind and plain_result.returncode != 0
     print("demo", "succeeded" if ok else "FAILED")
     return 0 if ok else 1
 

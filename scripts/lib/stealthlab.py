@@ -260,3 +260,51 @@ def stranger_result(proc: "subprocess.Popen[str]") -> dict[str, Any]:
         raise LabError(f"stranger failed: {err}")
     doc: dict[str, Any] = json.loads(out)
     return doc
+
+
+_CONNECT_WITH_ISN = """
+import json, socket, sys, time
+from stealth_connect.syn import knock_socket
+host, port, isn, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+proof, delay = bytes.fromhex(sys.argv[5]), float(sys.argv[6])
+s = knock_socket(socket.AF_INET, isn, sport)
+s.settimeout(15)
+out = {"connected": False, "bytes": "", "closed_after": None, "how": ""}
+t0 = time.monotonic()
+try:
+    s.connect((host, port))
+    out["connected"] = True
+    if proof:
+        time.sleep(delay)
+        s.sendall(proof)
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            out["how"] = "fin"
+            break
+        out["bytes"] += chunk.hex()
+        if b"SSH-" in bytes.fromhex(out["bytes"]):
+            out["how"] = "service"
+            break
+except ConnectionResetError:
+    out["how"] = "rst"
+except OSError as e:
+    out["how"] = str(e)
+out["closed_after"] = time.monotonic() - t0
+print(json.dumps(out))
+"""
+
+
+def use_token(host: Host, target: str, port: int, isn: int, sport: int, proof: bytes = b"",
+              delay: float = 0.0) -> dict[str, Any]:
+    """What a token thief gets: from `host`, a connection whose SYN carries this ISN and source port
+    (as a stolen or recorded knock has them), then `proof` after `delay` seconds if given, reading until
+    the server closes or the service speaks. Returns connected, bytes (hex), how it ended
+    (rst, fin, service, or an error) and closed_after (seconds)."""
+    import json
+
+    argv = [sys.executable, "-c", _CONNECT_WITH_ISN, target, str(port), str(isn), str(sport), proof.hex(),
+            str(delay)]
+    r = host.run(argv, timeout=60)
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
