@@ -1,7 +1,9 @@
 # Why: one set of namespaces for the network benchmarks, built on scripts/lib/netlab (srv .1, cli .2,
 # atk .3 on one bridge, test addresses only): a real `stealth server run` with 1,000 bulk-enrolled
-# clients plus alice (a real client profile), a real sshd, trivial TCP listeners for connect timing,
-# and fwknopd and knockd guarding ports of their own, configured the way their Debian docs describe.
+# clients plus alice (a real client profile), a real sshd (on loopback for the protected port 22, which
+# stealth hands it through its relay, and on every address for the unprotected, direct port 2222),
+# trivial TCP listeners for connect timing (the protected one on loopback only), and fwknopd and knockd
+# guarding ports of their own, configured the way their Debian docs describe.
 # Flood sources are spoofed from 198.18.0.0/15; the server blackholes that range, so nothing it answers
 # ever leaves the lab. Everything is torn down with the Lab.
 import base64
@@ -30,9 +32,10 @@ QUEUE = 50
 LISTENER = """
 import selectors, socket, sys
 sel = selectors.DefaultSelector()
-for p in map(int, sys.argv[1:]):
+for a in sys.argv[1:]:
+    host, _, p = a.rpartition(":")
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", p)); s.listen(4096); s.setblocking(False); sel.register(s, selectors.EVENT_READ)
+    s.bind((host, int(p))); s.listen(4096); s.setblocking(False); sel.register(s, selectors.EVENT_READ)
 print("listening", flush=True)
 while True:
     for key, _ in sel.select():
@@ -133,8 +136,10 @@ def setup(lab: Lab, n_clients: int) -> BenchLab:
     for knob in ("all", "default", "eth0"):
         srv.run(["sysctl", "-qw", f"net.ipv4.conf.{knob}.rp_filter=0"])
     srv.run(["ip", "route", "add", "blackhole", "198.18.0.0/15"])
-    srv.popen([sys.executable, "-c", LISTENER, *map(str, (PORT_PLAIN, PORT_STEALTH, PORT_FWKNOP,
-                                                           PORT_KNOCKD))])
+    # the protected port's service on loopback only (stealth hands it the accepted connections; the
+    # server refuses to start while anything listens on a protected port's public address)
+    srv.popen([sys.executable, "-c", LISTENER, f"0.0.0.0:{PORT_PLAIN}", f"127.0.0.1:{PORT_STEALTH}",
+               f"0.0.0.0:{PORT_FWKNOP}", f"0.0.0.0:{PORT_KNOCKD}"])
     wait_for(lambda: str(PORT_KNOCKD) in srv.run(["ss", "-Hltn"]).stdout, what="listeners")
     bl.info = {"srv_mac": bl.mac(srv), "atk_mac": bl.mac(lab["atk"])}
     _setup_fwknop(bl)

@@ -326,6 +326,9 @@ def status(state_dir: Path) -> None:
     click.echo(f"server id: {config.server_id}")
     click.echo(f"ports: {','.join(map(str, config.ports))}  window: {config.window}  queue: {config.queue}  "
                f"unauth: {config.unauth}  syn rate: {config.syn_rate_per_second}/s per prefix")
+    for port in config.ports:
+        sealed = f", sealed (proof within {config.seal_deadline_ms} ms)" if port in config.sealed else ""
+        click.echo(f"  port {port}: accepted connections go to {config.backend(port)}{sealed}")
     click.echo(f"clients: {len(clients)}")
     for name, e in sorted(clients.items()):
         last = max(counters.get(e.enrollment, 0), e.counter_floor)
@@ -339,6 +342,12 @@ def status(state_dir: Path) -> None:
         click.echo("server: never ran")
         return
     click.echo(f"server: {'running' if st.get('running') else 'stopped'} (pid {st.get('pid')})")
+    if st.get("rule_repairs"):
+        click.echo(f"  rules reinstalled {st['rule_repairs']} times after someone removed them (last: "
+                   f"{st.get('last_rule_problem')})")
+    if st.get("public_listeners"):
+        click.echo(f"  a socket listens on a protected port's public address: {st['public_listeners']}; "
+                   "every unauthenticated SYN is dropped until it is gone")
     counts = st.get("counts") or {}
     for reason, n in sorted(counts.items()):
         click.echo(f"  {reason}: {n}")

@@ -105,14 +105,14 @@ def test_random_fully_breaks_a_port_bits_client_and_says_why(nl: Any) -> None:
     with nl.srv.capture(f"tcp port {SSH_PORT}") as cap:
         connect = nl.client.run(
             [tool("stealth-connect"), "--state-dir", str(nl.sl.client_dirs["alice"]), "--timeout", "1.5",
-             "--retries", "1", nl.srv.ip4, str(SSH_PORT)],
+             nl.srv.ip4, str(SSH_PORT)],
             check=False, stdin=subprocess.DEVNULL, timeout=30,
         )
     assert connect.returncode == 1
     assert "no answer" in connect.stderr
     assert "--no-port-bits" in connect.stderr, connect.stderr  # the NAT explanation
     used = tokens(nl, "alice", range(before + 1, last_used(nl, "alice") + 1))
-    assert len(used) == 2  # one knock and one retry, each with a fresh counter
+    assert len(used) == 1  # one knock (the kernel resent it on the same tuple): one counter
     packets = cap.packets()
     knocks = knocks_at_server(packets, nl)
     # each knock arrived with its token ISN but with a source port the NAT chose, so it was dropped
@@ -121,4 +121,4 @@ def test_random_fully_breaks_a_port_bits_client_and_says_why(nl: Any) -> None:
     assert all(by_isn[t.isn].sport != t.sport for t in used)
     assert replies(packets, nl.srv.ip4) == []
     time.sleep(1.2)  # status.json is rewritten every second
-    assert nl.sl.status()["counts"].get("unknown_token", 0) >= drops_before + 2
+    assert nl.sl.status()["counts"].get("unknown_token", 0) >= drops_before + 1

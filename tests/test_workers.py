@@ -19,7 +19,9 @@ def sl() -> Iterator[Any]:
     require_privileges()
     from stealthlab import stealth_lab
 
-    with stealth_lab(server_id="workers", clients=("alice",), init_args=("--unauth", "drop"),
+    # a resetting host: after the race below, alice's knock with the spent token gets an RST, and her
+    # next counter follows at once (on a dropping host she would wait PENDING_KNOCK_SECONDS)
+    with stealth_lab(server_id="workers", clients=("alice",), init_args=("--unauth", "reset"),
                      start=False) as lab:
         lab.start_server(["--workers", "2"])
         yield lab

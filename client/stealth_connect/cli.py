@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
                         "tuple (default %(default)s); unanswered, the next run sends the same knock again")
     parser.add_argument("--retries", type=int, default=0, help=argparse.SUPPRESS)  # old option: ignored
     args = parser.parse_args(argv)
-    from stealth_connect.connect import connect
+    from stealth_connect.connect import ACCEPTED_BUT_RESET, connect
     from stealth_connect.profiles import ClientStore
     from stealth_connect.relay import pass_fd, relay
 
@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fdpass:
             pass_fd(sock)
         elif relay(sock) == "reset":
-            raise StealthError(f"the knock was accepted, but {args.host}:{args.port} reset the connection "
-                               "before the service said anything (is the service behind it running?)")
+            raise StealthError(ACCEPTED_BUT_RESET.format(where=f"{args.host}:{args.port}"))
         sock.close()
     except StealthError as e:
         print(f"stealth-connect: {e}", file=sys.stderr)

@@ -33,6 +33,8 @@ MAX_BUSY_PORT_SKIPS = 8
 # them went unanswered for PENDING_KNOCK_SECONDS, so either the path or the server has been failing for
 # minutes, or another device with a copy of this profile is ahead of this one.
 RECOVER_AFTER_UNANSWERED = 3
+ACCEPTED_BUT_RESET = ("the knock was accepted, but {where} reset the connection before the service said "
+                      "anything (is the service behind it running?)")
 BUSY_MESSAGE = ("the source ports of this profile's next knocks are all in use on this machine (or their "
                 "tuples towards this server are); nothing was spent: try again shortly")
 Address = tuple[str, int] | tuple[str, int, int, int]
@@ -111,6 +113,9 @@ def connect(
         raise ClientError(BUSY_MESSAGE)
     if outcome == "silent":
         raise ClientError(_silence(host, port, prof, attempt, timeout, clock()))
+    if outcome == "reset":  # taken, so it is spent: nothing pending, and it is not the knock's fault
+        record_success(counter_path, attempt.knock.counter)
+        raise ClientError(ACCEPTED_BUT_RESET.format(where=f"{host}:{port}"))
     if attempt.kind == "recovery":
         record_recovery(counter_path, recovery_base(attempt.slot))
     else:
@@ -124,8 +129,9 @@ def connect(
 
 def _knock(attempt: Attempt, addr: Address, timeout: float) -> str:
     """connect() the prepared socket: the kernel sends the SYN and resends it on the same tuple until
-    `timeout`. "connected" leaves the socket connected and blocking; "refused" (an RST), "silent" (a
-    silent knock stays pending) and "busy" (the tuple was taken meanwhile) close it."""
+    `timeout`. "connected" leaves the socket connected and blocking; "refused" (an RST instead of a
+    SYN-ACK), "reset" (an RST right after the SYN-ACK), "silent" (a silent knock stays pending) and
+    "busy" (the tuple was taken meanwhile) close it."""
     sock = attempt.sock
     sock.settimeout(timeout)
     try:
@@ -136,6 +142,9 @@ def _knock(attempt: Attempt, addr: Address, timeout: float) -> str:
     except TimeoutError:
         sock.close()
         return "silent"
+    except ConnectionResetError:
+        sock.close()  # the SYN-ACK came (the knock was taken), then an RST before connect() returned
+        return "reset"
     except OSError as e:
         sock.close()
         if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):  # another run took the tuple just now
