@@ -140,3 +140,33 @@ def test_a_revoked_client_gets_nothing(sl: Any) -> None:
     time.sleep(2.5)  # the server re-reads clients.jsonl every second
     r = sl.ssh("eve", sl.srv.ip4, connect_timeout=10)
     assert r.returncode != 0 and "stealth-ok" not in r.stdout
+
+
+def test_sealed_logins_over_ipv6_and_with_two_workers(sl: Any) -> None:
+    r = sl.ssh("alice", sl.srv.ip6)
+    assert r.returncode == 0 and r.stdout.strip() == "stealth-ok", r.stderr
+    sl.stop_server()
+    sl.start_server(["--workers", "2"])  # the session keys reach the acceptor from either worker
+    try:
+        for host in (sl.srv.ip4, sl.srv.ip6, sl.srv.ip4):
+            r = sl.ssh("alice", host)
+            assert r.returncode == 0 and r.stdout.strip() == "stealth-ok", r.stderr
+    finally:
+        sl.stop_server()
+        sl.start_server()
+
+
+def test_with_the_ruleset_flushed_a_stranger_gets_no_byte(sl: Any) -> None:
+    from stealthlab import stranger, stranger_result
+
+    assert sl.server_proc is not None
+    os.killpg(sl.server_proc.pid, signal.SIGKILL)  # no daemon to put the rules back
+    sl.server_proc.wait(timeout=10)
+    sl.server_proc = None
+    sl.srv.run(["nft", "flush", "ruleset"])
+    try:
+        for target in (sl.srv.ip4, sl.srv.ip6):
+            got = stranger_result(stranger(sl.atk, target, 22, 1.0))
+            assert got["connected"] == 0 and got["bytes"] == "", got  # sshd is on loopback only
+    finally:
+        sl.start_server()
