@@ -11,8 +11,8 @@ from typing import Final
 
 from stealth.core.secret import Secret
 
-KEY_TTL_SECONDS: Final = 180.0  # longer than a SYN's retransmissions and conntrack's SYN_RECV
-MAX_KEYS: Final = 1 << 20  # a bound on memory: the oldest go first
+KEY_TTL_SECONDS: Final = 60.0  # a handshake's lifetime: conntrack's SYN_RECV timeout
+MAX_KEYS: Final = 1 << 16  # a bound on memory (about 15 MB) under a flood of valid knocks: oldest first
 _RECORD = struct.Struct("!B16sHH32s")  # address length, address (padded), source port, dest port, key
 Flow = tuple[bytes, int, int]  # source address (4 or 16 bytes), source port, destination port
 
