@@ -314,6 +314,15 @@ def rules_confirm(state_dir: Path) -> None:
     click.echo("confirmed")
 
 
+DAEMON_STATES = {
+    "running": "running",
+    "stopped": "stopped (its rules stay in place: the protected ports are closed to everyone)",
+    "dead": "dead: killed or crashed without stopping (its rules stay in place: the protected ports are "
+            "closed to everyone, knocks included, until it runs again)",
+    "stalled": "not answering: its status is more than a few seconds old",
+}
+
+
 @server.command()
 @state_dir_option
 @reports_errors
@@ -337,11 +346,11 @@ def status(state_dir: Path) -> None:
             opts.append(f"bind-source={e.profile.bind_source}")
         click.echo(f"  {name}: ports {','.join(map(str, e.profile.ports))} last counter {last}"
                    + (f" ({', '.join(opts)})" if opts else ""))
-    st = state.read_status()
+    alive, st = state.daemon_state()
     if st is None:
         click.echo("server: never ran")
         return
-    click.echo(f"server: {'running' if st.get('running') else 'stopped'} (pid {st.get('pid')})")
+    click.echo(f"server: {DAEMON_STATES[alive]} (pid {st.get('pid')})")
     if st.get("rule_repairs"):
         click.echo(f"  rules reinstalled {st['rule_repairs']} times after someone removed them (last: "
                    f"{st.get('last_rule_problem')})")

@@ -73,6 +73,7 @@ GROUP_COMMIT_SECONDS: Final = 0.002
 
 # Server run loop.
 STATUS_INTERVAL_SECONDS: Final = 1.0
+DAEMON_STALE_SECONDS: Final = 5.0  # a running daemon whose status is older than this is not answering
 RELOAD_POLL_SECONDS: Final = 1.0
 RELOAD_STEP_SECONDS: Final = 0.05  # reload work between two queue polls (a 1M-client reload is ~13 s)
 

@@ -2,7 +2,6 @@
 # iptables-apply, `stealth server rules apply` installs the rules server.toml now describes, then rolls
 # them back automatically unless the change is confirmed (from a new session: `stealth server rules
 # confirm`, or by answering on the terminal) within the given time.
-import os
 import secrets
 import select
 import sys
@@ -30,13 +29,12 @@ def confirm(state: ServerState) -> str:
 
 def running_layout(state: ServerState) -> tuple[int, int] | None:
     """(queue, workers) of the server running on this state directory, from its status file."""
-    status = state.read_status()
-    if not status or not status.get("running"):
+    alive, status = state.daemon_state()
+    if alive not in ("running", "stalled") or status is None:
         return None
     try:
-        os.kill(int(status["pid"]), 0)
         return int(status["queue"]), int(status.get("workers", 1))
-    except (KeyError, TypeError, ValueError, ProcessLookupError, PermissionError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 

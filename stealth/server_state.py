@@ -21,6 +21,7 @@ import nacl.utils
 from stealth.backend import Backend, default_backend, parse_backend
 from stealth.constants import (
     COUNTER_MAX,
+    DAEMON_STALE_SECONDS,
     DEFAULT_ACCEPT_PORT,
     DEFAULT_MARK,
     DEFAULT_PORT_HIGH,
@@ -340,6 +341,26 @@ class ServerState:
 
     def write_status(self, status: dict[str, Any], worker: int | None = None) -> None:
         write_json(self._status_file(worker), {**status, "written_at": time.time()})
+
+    def daemon_state(self) -> tuple[str, dict[str, Any] | None]:
+        """("running" | "stopped" | "dead" | "stalled" | "never ran", the status document). Running means
+        its pid is alive and it wrote its status within DAEMON_STALE_SECONDS; "dead": it said running,
+        but its pid is gone (killed or crashed: its rules are still in place, the ports stay closed)."""
+        status = self.read_status()
+        if status is None:
+            return "never ran", None
+        if not status.get("running"):
+            return "stopped", status
+        try:
+            os.kill(int(status["pid"]), 0)
+        except (KeyError, TypeError, ValueError, ProcessLookupError):
+            return "dead", status
+        except PermissionError:
+            pass  # alive, another user's
+        written = status.get("written_at")
+        if not isinstance(written, int | float) or time.time() - written > DAEMON_STALE_SECONDS:
+            return "stalled", status
+        return "running", status
 
     def read_status(self, worker: int | None = None) -> dict[str, Any] | None:
         path = self._status_file(worker)

@@ -90,6 +90,23 @@ def test_rules_stay_on_every_stop_and_only_rules_remove_takes_them_out(sl: Any) 
     assert ruleset(sl.srv) == before
 
 
+def test_status_tells_a_dead_daemon_from_a_running_one(sl: Any) -> None:
+    def server_line() -> str:
+        out = sl.stealth("server", "status", "--state-dir", str(sl.state_dir)).stdout
+        return next(line for line in out.splitlines() if line.startswith("server:"))
+
+    sl.start_server()
+    assert server_line().startswith("server: running")
+    assert sl.server_proc is not None
+    os.killpg(sl.server_proc.pid, signal.SIGKILL)
+    sl.server_proc.wait(timeout=10)
+    sl.server_proc = None
+    assert server_line().startswith("server: dead: killed or crashed"), server_line()
+    sl.start_server()
+    sl.stop_server()
+    assert server_line().startswith("server: stopped"), server_line()
+
+
 def test_killed_server_fails_closed_and_restart_keeps_sessions(sl: Any) -> None:
     from stealthlab import replies
 
