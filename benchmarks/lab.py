@@ -210,7 +210,7 @@ def _setup_knockd(bl: BenchLab) -> None:
     time.sleep(0.2)
 
 
-def check_no_route_out(bl: BenchLab) -> None:
+def check_no_route_out(bl: Roles) -> None:
     for host in (bl.srv, bl.cli, bl.atk):
         routes = host.run(["ip", "route", "show", "default"]).stdout.strip()
         if routes:

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 RETRY_S = 0.005
-CLIENT_PHASES = ("claim", "knock_socket", "record_success")  # claim: the durable counter write
+# claim: the durable counter write; tuple_in_use: the check that no local socket holds the knock's tuple
+CLIENT_PHASES = ("claim", "tuple_in_use", "knock_socket", "record_success")
 
 
-def time_phases(module: Any, acc: dict[str, float]) -> None:
+def time_phases(module: Any, acc: dict[str, float], names: tuple[str, ...] = CLIENT_PHASES) -> list[str]:
     """Wrap the client steps connect() calls (looked up in its module at call time) so each in-process
     sample also says how long it spent in them; the rest of a sample is the SYN -> SYN-ACK round trip
-    through the server plus the profile lookup and token derivation (tens of microseconds)."""
+    through the server plus the profile lookup and token derivation (tens of microseconds). Returns the
+    names wrapped (a step the module no longer has is left out)."""
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*a: Any, **kw: Any) -> Any:
             t = time.perf_counter()
@@ -30,8 +32,10 @@ def time_phases(module: Any, acc: dict[str, float]) -> None:
                 acc[name] += time.perf_counter() - t
         return timed
 
-    for name in CLIENT_PHASES:
+    wrapped = [name for name in names if callable(getattr(module, name, None))]
+    for name in wrapped:
         setattr(module, name, wrap(name, getattr(module, name)))
+    return wrapped
 
 
 def connect_until_open(addr: tuple[str, int], deadline: float) -> int:
@@ -72,14 +76,14 @@ def main() -> None:
         socket.create_connection((srv, cfg["port_plain"]), timeout=2).close()
 
     acc = dict.fromkeys(CLIENT_PHASES, 0.0)
-    phases: dict[str, list[float]] = {name: [] for name in CLIENT_PHASES}
-    time_phases(sys.modules["stealth_connect.connect"], acc)
+    timed = time_phases(sys.modules["stealth_connect.connect"], acc)
+    phases: dict[str, list[float]] = {name: [] for name in timed}
 
     def stealth_inproc() -> None:
-        acc.update(dict.fromkeys(CLIENT_PHASES, 0.0))
+        acc.update(dict.fromkeys(timed, 0.0))
         sock, _ = connect(srv, cfg["port_stealth"], store=store, timeout=2)
         sock.close()
-        for name in CLIENT_PHASES:
+        for name in timed:
             phases[name].append(acc[name])
 
     def stealth_process() -> None:

@@ -218,9 +218,11 @@ def render(r: dict[str, Any]) -> str:
     ph = kc.get("stealth_in_process_phases_p50_ms")
     if ph:
         claim = ph.get("claim", ph.get("take_counter", 0.0))  # the durable counter write (older runs' name)
-        lines += [f"In-process connect() by phase, medians per sample: claim {ms(claim)}, socket setup "
-                  f"(TCP_REPAIR, bind) {ms(ph['knock_socket'])}, "
-                  f"record_success {ms(ph['record_success'])}; the rest of the p50 ({ms(ph['rest'])}) is "
+        tuple_check = (f"local tuple check (tuple_in_use, reads /proc/net/tcp) {ms(ph['tuple_in_use'])}, "
+                       if "tuple_in_use" in ph else "")
+        lines += [f"In-process connect() by phase, medians per sample: claim {ms(claim)}, {tuple_check}"
+                  f"socket setup (TCP_REPAIR, bind) {ms(ph.get('knock_socket'))}, "
+                  f"record_success {ms(ph.get('record_success'))}; the rest of the p50 ({ms(ph['rest'])}) is "
                   "the SYN -> SYN-ACK round trip through the server, plus profile lookup and token "
                   "derivation.", ""]
     sl = r.get("ssh_login", {})
@@ -279,7 +281,10 @@ def render(r: dict[str, Any]) -> str:
                      f"{ms(s.get('p99_login_ms'))} | "
                      f"{s['queue_dropped_pct']}% |")
     lines += ["", *targets(r), ""]
+    lines += sealed(r.get("sealed") or {})
     errors = {n: s["error"] for n, s in r.items() if isinstance(s, dict) and "error" in s}
+    errors.update({f"sealed: {n}": s["error"] for n, s in (r.get("sealed") or {}).items()
+                   if isinstance(s, dict) and "error" in s})
     if errors:
         lines += ["## Sections that failed", ""] + [f"- {n}: {e}" for n, e in errors.items()] + [""]
     return "\n".join(lines)
@@ -327,3 +332,114 @@ def targets(r: dict[str, Any]) -> list[str]:
         f"{hit(None if ratio is None else ratio <= 1.3)} |",
         f"| 1M clients in ≤ 1 GiB RSS and ≤ 60 s start | {scale_txt} | {hit(scale_ok)} |",
     ]
+
+
+def mbps(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.0f} MB/s"
+
+
+def sealed(se: dict[str, Any]) -> list[str]:
+    """Section 5: the sealed-port figures (benchmarks/seal.py), each beside its target of issue 11."""
+    if not se:
+        return []
+    if "error" in se and len(se) == 1:
+        return ["## 5. Sealed ports (issue 11)", "", f"Not measured: {se['error']}", ""]
+    sz = se.get("sizes", {})
+    tp, cn = se.get("throughput", {}), se.get("connect", {})
+    cc, npf = se.get("concurrent", {}), se.get("no_proof", {})
+    direct = g(tp, "direct", "median_mb_per_s")
+    lines = [
+        "## 5. Sealed ports (issue 11)", "",
+        "Namespaces of their own: `stealth server run` sealing port 22 (backend: sshd on 127.0.0.1:22, "
+        f"`--seal 22=127.0.0.1:22`, deadline {npf.get('deadline_ms', 5000)} ms) and protecting 5022 unsealed "
+        "(a loopback listener); the direct path is the same sshd on the unprotected port 2222 (every "
+        "address), the plain connect a listener on the unprotected port 5000. Commands for each figure: "
+        "`sealed` in results.json.", "",
+        "| figure | measured | target | |", "|---|---|---|---|",
+    ]
+    for mode, name in (("sealed_relay", "ProxyCommand relay"), ("sealed_fdpass", "--fdpass")):
+        d = tp.get(mode, {})
+        ratio = d.get("median_paired_ratio")  # judged: drifting load weighs on both sides of a pair
+        cpu = d.get("median_cpu_seconds") or {}
+        dcpu = g(tp, "direct", "median_cpu_seconds") or {}
+        lines.append(
+            f"| bulk: {_size(tp.get('bytes'))} pushed through ssh over the sealed port, {name} (median of "
+            f"{tp.get('rounds')}; the rate the server's dd saw) | {mbps(d.get('median_mb_per_s'))} vs direct "
+            f"{mbps(direct)}, medians; each round against the same round's direct transfer, median: "
+            f"**x{ratio}** (ratio of the medians x{d.get('ratio_to_direct')}; wall, login included: "
+            f"{mbps(d.get('median_wall_mb_per_s'))} "
+            f"vs "
+            f"{mbps(g(tp, 'direct', 'median_wall_mb_per_s'))}; CPU seconds, this vs direct: ssh client "
+            f"{cpu.get('client_side')} vs {dcpu.get('client_side')}, sshd {cpu.get('sshd_session')} vs "
+            f"{dcpu.get('sshd_session')}, stealth-connect {cpu.get('client_proxy')}, stealth's relay "
+            f"{cpu.get('server_relay')}) | ≥ 0.9x direct | "
+            f"{hit(None if ratio is None else ratio >= 0.9)} |")
+    plain, uns = cn.get("plain_connect", {}), cn.get("unsealed_connect", {})
+    sea = cn.get("sealed_connect", {})
+    added = sea.get("added_p50_ms_over_plain")
+    lines += [
+        f"| connect() to the sealed port, in-process, n={sea.get('n', 0)} (returns after the proof "
+        f"exchange) | p50 {ms(sea.get('p50_ms'))}, p99 {ms(sea.get('p99_ms'))} vs plain connect p50 "
+        f"{ms(plain.get('p50_ms'))}, p99 {ms(plain.get('p99_ms'))}: **+{added} ms** "
+        f"({sea.get('failed', 'n/a')} failed) | ≤ +1 ms p50 over plain | "
+        f"{hit(None if added is None else added <= 1.0)} |",
+        f"| connect() to the protected, unsealed port, same run | p50 {ms(uns.get('p50_ms'))}, p99 "
+        f"{ms(uns.get('p99_ms'))}: +{uns.get('added_p50_ms_over_plain')} ms over plain; the seal adds "
+        f"+{cn.get('seal_added_p50_ms_over_unsealed')} ms | (context) | |",
+    ]
+    for name, d in (("unsealed", uns), ("sealed", sea)):
+        ph = d.get("phases_p50_ms")
+        if ph:
+            lines.append(f"| (context) connect() to the {name} port by client step, medians | "
+                         + ", ".join(f"{n} {ms(v)}" for n, v in ph.items()) + " | | |")
+    n = cc.get("sessions")
+    rel = cc.get("relay_memory") or {}
+    ok = None if n is None or "proved" not in cc else cc.get("proved") == n and cc.get("banners") == n
+    lines.append(
+        f"| {k(n)} concurrent sealed sessions (real knock + proof each, opened one after another with "
+        f"connect() in {cc.get('open_seconds')} s, held) | {cc.get('proved')} got the server's proof, "
+        f"{cc.get('banners')} sshd's banner; {rel.get('processes')} relay processes: PSS "
+        f"{_mib(rel.get('pss_kib'))} in all ({rel.get('pss_kib_per_process')} KiB each; VmRSS sum "
+        f"{_mib(rel.get('rss_kib'))}), {rel.get('fds')} fds ({rel.get('fds_per_process')} each); beside "
+        f"them sshd's pre-auth processes: PSS {_mib(g(cc, 'sshd_preauth_processes', 'pss_kib'))} | every "
+        f"session proved and served | {hit(ok)} |")
+    ended = npf.get("ended") or {}
+    rst = npf.get("reset_after_connect") or {}
+    m = npf.get("connections")
+    nokey = (npf.get("acceptor_log") or {}).get("no session key for it", 0)
+    bypass = (f"; {nokey} of them never reached the daemon ({npf.get('daemon_accepts')} accepts logged; the "
+              "relay had no session key): their tuples were reused within conntrack's close timeout of an "
+              "earlier connection the server had reset" if nokey else "")
+    ok = None if m is None or "ended" not in npf else (
+        ended.get("rst") == m and npf.get("reset_before_deadline") == 0 and not ended.get("bytes"))
+    lines.append(
+        f"| {k(m)} knocks on the sealed port that never send a proof | {ended.get('rst')} reset, "
+        f"{ended.get('fin')} closed otherwise, {ended.get('bytes')} got bytes, {ended.get('open_at_end')} "
+        f"still open; reset {ms(rst.get('min_ms'))} to {ms(rst.get('max_ms'))} after connect() returned "
+        f"(p50 {ms(rst.get('p50_ms'))}); {npf.get('reset_before_deadline')} before the deadline{bypass} | "
+        f"every one reset at the deadline, no byte of the service | {hit(ok)} |")
+    gr = npf.get("growth") or {}
+    ok = None if not gr else (gr.get("acceptor_fds") == 0 and gr.get("relays") == 0
+                              and gr.get("acceptor_rss_kib", 0) <= 256)
+    lines.append(
+        f"| after them (relays peaked at {npf.get('relays_peak')}) | acceptor RSS "
+        f"{g(npf, 'before', 'acceptor', 'rss_kib')} → {g(npf, 'after', 'acceptor', 'rss_kib')} KiB "
+        f"({gr.get('acceptor_rss_kib'):+} KiB), fds {g(npf, 'before', 'acceptor', 'fds')} → "
+        f"{g(npf, 'after', 'acceptor', 'fds')}, relay processes {g(npf, 'before', 'relays')} → "
+        f"{g(npf, 'after', 'relays')} | no growth (fds and relays as before, RSS within 256 KiB) | "
+        f"{hit(ok)} |" if gr else "| after them | n/a | no growth | n/a |")
+    logs = {"concurrent": cc.get("acceptor_log"), "no proof": npf.get("acceptor_log")}
+    lines += ["", "The acceptor's reset reasons in the server log: "
+              + "; ".join(f"{n}: {v or 'none'}" for n, v in logs.items())
+              + f". Sizes: {sz}.", ""]
+    return lines
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, int):
+        return "n/a"
+    return f"{n / 1e9:g} GB" if n >= 10**9 else f"{n / 1e6:g} MB"
+
+
+def _mib(kib: Any) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
