@@ -92,7 +92,7 @@ def test_rules_stay_on_every_stop_and_only_rules_remove_takes_them_out(sl: Any) 
 
 def test_status_tells_a_dead_daemon_from_a_running_one(sl: Any) -> None:
     def server_line() -> str:
-        out = sl.stealth("server", "status", "--state-dir", str(sl.state_dir)).stdout
+        out: str = sl.stealth("server", "status", "--state-dir", str(sl.state_dir)).stdout
         return next(line for line in out.splitlines() if line.startswith("server:"))
 
     sl.start_server()
