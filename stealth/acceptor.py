@@ -84,13 +84,18 @@ def spawn(listeners: Sequence[socket.socket], plan: Plan, keys: socket.socket) -
 def serve(listeners: Sequence[socket.socket], plan: Plan, keys: KeyStore, parent: int) -> None:
     """Accept until the daemon (`parent`) is gone; one relay process per connection."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # relays are reaped by the kernel
-    selector = selectors.DefaultSelector()
+    selector = selectors.PollSelector()  # poll keeps no fd of its own for the relays to inherit
     for sock in listeners:
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ)
+    if keys.channel is not None:
+        selector.register(keys.channel, selectors.EVENT_READ)  # drained as keys arrive, not in bursts
     while os.getppid() == parent:
         for key, _ in selector.select(PARENT_CHECK_SECONDS):
             listener = key.fileobj
+            if listener is keys.channel:
+                keys.drain()
+                continue
             assert isinstance(listener, socket.socket)
             try:
                 conn, peer = listener.accept()
@@ -119,7 +124,7 @@ def _hand_off(conn: socket.socket, peer: tuple[str, int], plan: Plan, keys: KeyS
     try:
         for sock in listeners:
             sock.close()
-        keys.keys.clear()  # this relay keeps no other connection's key
+        keys.close()  # this relay keeps no other connection's key, and no way to read the next ones
         os.setsid()  # a signal to the daemon's process group (^C, kill of the group) spares sessions
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if local_port in plan.sealed and not _unseal(conn, session_key, plan.deadline_seconds, peer):

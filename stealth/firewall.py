@@ -16,6 +16,10 @@
 #                   bare SYN -> NFQUEUE (no --queue-bypass: fail closed);
 #                   drop mode: everything else -> DROP. Reset mode: everything else goes on to the
 #                   kernel's TCP stack, which finds no socket and answers exactly as for an unused port.
+#   mangle OUTPUT -p tcp -> STEALTH-q-out: an RST the server sends on an accepted connection clears the
+#                   connection's mark. Conntrack does not reopen a connection the *server* reset when a
+#                   new SYN comes on its tuple, so without this a bare SYN from the same address and port
+#                   would ride the old mark past the daemon for conntrack's 10 s CLOSE timeout.
 #   filter INPUT  -p tcp -> STEALTH-q: other ports RETURN; loopback RETURN; ct-marked -> ACCEPT (so a host
 #                   whose own INPUT chain drops the port still lets the accepted connection in).
 # The daemon accepts a knock with verdict REPEAT and the mark: the mangle chain runs again and the mark
@@ -34,7 +38,9 @@ from stealth.constants import DEFAULT_ACCEPT_PORT, GOOD_SOURCE_SECONDS
 from stealth.errors import FirewallError
 
 FAMILIES = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-restore")}
-HOOK_CHAINS = {"mangle": "PREROUTING", "filter": "INPUT"}
+# (table, built-in chain that jumps to ours, our chain's suffix), in install order
+HOOKS = (("mangle", "PREROUTING", ""), ("mangle", "OUTPUT", "-out"), ("filter", "INPUT", ""))
+TABLES = ("mangle", "filter")
 
 
 UNAUTH_MODES = ("drop", "reset")
@@ -84,10 +90,17 @@ class Step:
     tolerate: bool = False
 
 
-def _chain_rules(cfg: RuleConfig, table: str, family: int) -> list[str]:
+def _chain_rules(cfg: RuleConfig, table: str, family: int, suffix: str = "") -> list[str]:
     ports = ",".join(str(p) for p in cfg.ports)
     mark = f"0x{cfg.mark:x}/0x{cfg.mark:x}"
-    ch = cfg.chain
+    ch = cfg.chain + suffix
+    if suffix == "-out":
+        return [
+            f"-A {ch} -p tcp -m multiport ! --sports {ports} -j RETURN",
+            f"-A {ch} -o lo -j RETURN",
+            f"-A {ch} -p tcp -m tcp --tcp-flags RST RST -m connmark --mark {mark} -j CONNMARK --set-xmark "
+            f"0x0/0x{cfg.mark:x}",
+        ]
     head = [
         f"-A {ch} -p tcp -m multiport ! --dports {ports} -j RETURN",
         f"-A {ch} -i lo -j RETURN",
@@ -119,14 +132,24 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int) -> list[str]:
 
 def restore_input(cfg: RuleConfig, family: int = 4) -> str:
     lines = []
-    for table in ("mangle", "filter"):
-        lines += [f"*{table}", f":{cfg.chain} - [0:0]", *_chain_rules(cfg, table, family), "COMMIT"]
+    for table in TABLES:
+        hooks = [(hook, suffix) for t, hook, suffix in HOOKS if t == table]
+        lines += [f"*{table}", *(f":{cfg.chain}{suffix} - [0:0]" for _, suffix in hooks)]
+        for _, suffix in hooks:
+            lines += _chain_rules(cfg, table, family, suffix)
+        lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
 
-def _jump(tool: str, table: str, op: str, cfg: RuleConfig) -> tuple[str, ...]:
+def _jump(tool: str, table: str, hook: str, suffix: str, op: str, cfg: RuleConfig) -> tuple[str, ...]:
     pos = ("1",) if op == "-I" else ()
-    return (tool, "-w", "-t", table, op, HOOK_CHAINS[table], *pos, "-p", "tcp", "-j", cfg.chain)
+    return (tool, "-w", "-t", table, op, hook, *pos, "-p", "tcp", "-j", cfg.chain + suffix)
+
+
+def _jumps(tool: str, cfg: RuleConfig) -> list[Step]:
+    """Insert each jump to our chains unless it is there already."""
+    return [Step(_jump(tool, t, h, x, "-I", cfg), unless=_jump(tool, t, h, x, "-C", cfg))
+            for t, h, x in HOOKS]
 
 
 def _legacy_jump(tool: str, cfg: RuleConfig) -> Step:
@@ -139,18 +162,16 @@ def _legacy_jump(tool: str, cfg: RuleConfig) -> Step:
 def plan_install(cfg: RuleConfig, family: int) -> list[Step]:
     tool, restore = FAMILIES[family]
     steps = [_legacy_jump(tool, cfg), Step((restore, "-w", "--noflush"), stdin=restore_input(cfg, family))]
-    for table in ("mangle", "filter"):
-        steps.append(Step(_jump(tool, table, "-I", cfg), unless=_jump(tool, table, "-C", cfg)))
-    return steps
+    return steps + _jumps(tool, cfg)
 
 
 def plan_remove(cfg: RuleConfig, family: int) -> list[Step]:
     tool, _ = FAMILIES[family]
-    steps = [Step(_jump(tool, t, "-D", cfg), repeat=True, tolerate=True) for t in ("mangle", "filter")]
+    steps = [Step(_jump(tool, t, h, x, "-D", cfg), repeat=True, tolerate=True) for t, h, x in HOOKS]
     steps.append(_legacy_jump(tool, cfg))
-    for table in ("mangle", "filter"):
-        steps.append(Step((tool, "-w", "-t", table, "-F", cfg.chain), tolerate=True))
-        steps.append(Step((tool, "-w", "-t", table, "-X", cfg.chain), tolerate=True))
+    for table, _, suffix in HOOKS:
+        steps.append(Step((tool, "-w", "-t", table, "-F", cfg.chain + suffix), tolerate=True))
+        steps.append(Step((tool, "-w", "-t", table, "-X", cfg.chain + suffix), tolerate=True))
     return steps
 
 
@@ -171,13 +192,16 @@ def missing_rules(cfg: RuleConfig, family: int) -> str | None:
     ruleset, restored an older one, or deleted a rule). Only presence is checked: `rules apply` may
     legitimately install other contents."""
     tool = FAMILIES[family][0]
-    for table, hook in HOOK_CHAINS.items():
+    saved = {}
+    for table in TABLES:
         result = _run((f"{tool}-save", "-t", table))
-        lines = result.stdout.splitlines() if result.returncode == 0 else []
-        if f"-A {hook} -p tcp -j {cfg.chain}" not in lines:
-            return f"{tool} {table} {hook} has no jump to {cfg.chain}"
-        if not any(line.startswith(f"-A {cfg.chain} ") for line in lines):
-            return f"{tool} {table} chain {cfg.chain} is missing or empty"
+        saved[table] = result.stdout.splitlines() if result.returncode == 0 else []
+    for table, hook, suffix in HOOKS:
+        chain, lines = cfg.chain + suffix, saved[table]
+        if f"-A {hook} -p tcp -j {chain}" not in lines:
+            return f"{tool} {table} {hook} has no jump to {chain}"
+        if not any(line.startswith(f"-A {chain} ") for line in lines):
+            return f"{tool} {table} chain {chain} is missing or empty"
     return None
 
 
@@ -225,16 +249,18 @@ class Snapshot:
     """Our chains' contents (restore syntax) per table for one family, or None where absent."""
 
     family: int
-    chains: dict[str, list[str] | None]
+    chains: dict[tuple[str, str], list[str] | None]  # (table, chain) -> rules
 
 
 def snapshot(cfg: RuleConfig, family: int) -> Snapshot:
     tool = FAMILIES[family][0]
-    chains: dict[str, list[str] | None] = {}
-    for table in ("mangle", "filter"):
-        result = _run((tool, "-w", "-t", table, "-S", cfg.chain))
+    chains: dict[tuple[str, str], list[str] | None] = {}
+    for table, _, suffix in HOOKS:
+        chain = cfg.chain + suffix
+        result = _run((tool, "-w", "-t", table, "-S", chain))
         lines = result.stdout.splitlines()
-        chains[table] = [ln for ln in lines if ln.startswith("-A ")] if result.returncode == 0 else None
+        ok = result.returncode == 0
+        chains[table, chain] = [ln for ln in lines if ln.startswith("-A ")] if ok else None
     return Snapshot(family, chains)
 
 
@@ -245,8 +271,10 @@ def restore(cfg: RuleConfig, snap: Snapshot) -> None:
         return
     tool, restore_tool = FAMILIES[snap.family]
     lines = []
-    for table, rules in snap.chains.items():
-        lines += [f"*{table}", f":{cfg.chain} - [0:0]", *(rules or []), "COMMIT"]
+    for table in TABLES:
+        mine = {chain: rules for (t, chain), rules in snap.chains.items() if t == table}
+        lines += [f"*{table}", *(f":{chain} - [0:0]" for chain in mine)]
+        lines += [rule for rules in mine.values() for rule in rules or []]
+        lines.append("COMMIT")
     steps = [Step((restore_tool, "-w", "--noflush"), stdin="\n".join(lines) + "\n")]
-    steps += [Step(_jump(tool, t, "-I", cfg), unless=_jump(tool, t, "-C", cfg)) for t in ("mangle", "filter")]
-    apply(steps)
+    apply(steps + _jumps(tool, cfg))

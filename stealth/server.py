@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 
 from stealth.acceptor import Plan, open_listeners, spawn
@@ -118,6 +119,8 @@ class Server:
         self.exposed: list[str] = []  # public listeners on protected ports: reject by dropping
         self.guard: Guard | None = None  # in the process that checks the rules (not in workers)
         self.keys: socket.socket | None = None  # session keys of accepted knocks, to the acceptor
+        self.sealed = frozenset(self.config.sealed)  # followed from server.toml while running
+        self._config_stamp = self._stamp_of(self.state.config_path)
 
     # --- packet path -------------------------------------------------------------------------------
     def reject(self, payload: bytes) -> int | None:
@@ -162,7 +165,8 @@ class Server:
                 continue
             if persist is not None:
                 self._remember_source(persist)
-            if logline is not None and session_key is not None and self.keys is not None:
+            if (logline is not None and session_key is not None and self.keys is not None
+                    and logline.dport in self.sealed):
                 send_key(self.keys, logline.src, logline.sport, logline.dport, session_key)
             if logline is not None:
                 log.info(
@@ -224,8 +228,12 @@ class Server:
 
     # --- state -------------------------------------------------------------------------------------
     def _stamp(self) -> tuple[int, int, int] | None:
+        return self._stamp_of(self.state.clients_path)
+
+    @staticmethod
+    def _stamp_of(path: Path) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.state.clients_path)
+            st = os.stat(path)
         except OSError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -397,7 +405,15 @@ class Server:
                 f"clients={len(self.table.clients)} unauth={modes} workers={self.workers}")
 
     def _watch(self) -> None:
-        """About once a second: a public listener on a protected port makes every reject a drop."""
+        """About once a second: a public listener on a protected port makes every reject a drop; a
+        changed server.toml may seal or unseal ports."""
+        stamp = self._stamp_of(self.state.config_path)
+        if stamp != self._config_stamp:
+            self._config_stamp = stamp
+            try:
+                self.sealed = frozenset(self.state.load_config().sealed)
+            except StealthError as e:
+                log.error("%s; keeping the sealed ports as they were", e)
         exposed = public_listeners(self.config.ports)
         if exposed and exposed != self.exposed:
             log.error("%s; dropping every unauthenticated SYN until it is gone", exposed_message(exposed))

@@ -1,9 +1,10 @@
 # Why: a sealed port's relay must know the session key of the connection it serves, and only the daemon
-# derives it (on accept). The daemon sends each accepted knock's key to the acceptor as one datagram on a
-# Unix socketpair, before the knock's verdict: by the time the kernel completes that connection's
-# handshake and the acceptor accepts it, the datagram waits in the acceptor's socket. Keys are kept by the
-# connection's (source address, source port, destination port), for as long as a handshake can take, and
-# handed to exactly one relay. Nothing here is logged; the keys never leave the machine.
+# derives it (on accept). For each accepted knock on a sealed port the daemon sends the key to the
+# acceptor as one datagram on a Unix socketpair, before the knock's verdict: by the time the kernel
+# completes that connection's handshake and the acceptor accepts it, the datagram waits in the
+# acceptor's socket. Keys are kept by the connection's (source address, source port, destination port),
+# for as long as a handshake can take, and handed to exactly one relay. Nothing here is logged; the
+# keys never leave the machine.
 import socket
 import struct
 import time
@@ -12,6 +13,7 @@ from typing import Final
 from stealth.core.secret import Secret
 
 KEY_TTL_SECONDS: Final = 60.0  # a handshake's lifetime: conntrack's SYN_RECV timeout
+CHANNEL_BYTES: Final = 1 << 20  # kernel buffer of the channel: a burst of keys waits there, not lost
 MAX_KEYS: Final = 1 << 16  # a bound on memory (about 15 MB) under a flood of valid knocks: oldest first
 _RECORD = struct.Struct("!B16sHH32s")  # address length, address (padded), source port, dest port, key
 Flow = tuple[bytes, int, int]  # source address (4 or 16 bytes), source port, destination port
@@ -34,8 +36,10 @@ def key_channel() -> tuple[socket.socket, socket.socket]:
     """(daemon's end, acceptor's end). Both non-blocking: a full channel drops a key (its connection is
     then closed unproven: fail closed), never stalls the packet path."""
     send, receive = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    send.setblocking(False)
-    receive.setblocking(False)
+    for sock in (send, receive):
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CHANNEL_BYTES)
     return send, receive
 
 
@@ -70,6 +74,12 @@ class KeyStore:
                 del self.keys[flow]
             while len(self.keys) > MAX_KEYS:
                 del self.keys[next(iter(self.keys))]
+
+    def close(self) -> None:
+        self.keys.clear()
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
     def take(self, flow: Flow) -> Secret | None:
         """The key for this flow, removed (one relay each)."""

@@ -9,6 +9,7 @@ CFG = RuleConfig(queue=50, ports=(22, 2222), mark=0x10000000)
 EXPECTED_RESTORE = """\
 *mangle
 :STEALTH-50 - [0:0]
+:STEALTH-50-out - [0:0]
 -A STEALTH-50 -p tcp -m multiport ! --dports 22,2222 -j RETURN
 -A STEALTH-50 -i lo -j RETURN
 -A STEALTH-50 -m mark --mark 0x10000000/0x10000000 -j CONNMARK --save-mark --nfmask 0x10000000 --ctmask 0x10000000
@@ -19,6 +20,9 @@ EXPECTED_RESTORE = """\
 -A STEALTH-50 -p tcp --syn -m hashlimit --hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-srcmask 24 --hashlimit-name stealth4-50 -j DROP
 -A STEALTH-50 -p tcp --syn -j NFQUEUE --queue-num 50
 -A STEALTH-50 -j DROP
+-A STEALTH-50-out -p tcp -m multiport ! --sports 22,2222 -j RETURN
+-A STEALTH-50-out -o lo -j RETURN
+-A STEALTH-50-out -p tcp -m tcp --tcp-flags RST RST -m connmark --mark 0x10000000/0x10000000 -j CONNMARK --set-xmark 0x0/0x10000000
 COMMIT
 *filter
 :STEALTH-50 - [0:0]
@@ -40,6 +44,8 @@ def test_install_plan_snapshot() -> None:
         Step(("iptables-restore", "-w", "--noflush"), stdin=EXPECTED_RESTORE),
         Step(("iptables", "-w", "-t", "mangle", "-I", "PREROUTING", "1", "-p", "tcp", "-j", "STEALTH-50"),
              unless=("iptables", "-w", "-t", "mangle", "-C", "PREROUTING", "-p", "tcp", "-j", "STEALTH-50")),
+        Step(("iptables", "-w", "-t", "mangle", "-I", "OUTPUT", "1", "-p", "tcp", "-j", "STEALTH-50-out"),
+             unless=("iptables", "-w", "-t", "mangle", "-C", "OUTPUT", "-p", "tcp", "-j", "STEALTH-50-out")),
         Step(("iptables", "-w", "-t", "filter", "-I", "INPUT", "1", "-p", "tcp", "-j", "STEALTH-50"),
              unless=("iptables", "-w", "-t", "filter", "-C", "INPUT", "-p", "tcp", "-j", "STEALTH-50")),
     ]
@@ -53,13 +59,23 @@ def test_install_plan_snapshot() -> None:
 def test_remove_plan_deletes_jumps_before_chains() -> None:
     steps = plan_remove(CFG, 4)
     ops = [s.argv[4] for s in steps]
-    assert ops == ["-D", "-D", "-D", "-F", "-X", "-F", "-X"]
-    assert all(s.tolerate for s in steps) and steps[0].repeat and steps[1].repeat and steps[2].repeat
+    assert ops == ["-D", "-D", "-D", "-D", "-F", "-X", "-F", "-X", "-F", "-X"]
+    assert all(s.tolerate for s in steps) and all(s.repeat for s in steps[:4])
 
 
 def _mangle(cfg: RuleConfig) -> list[str]:
+    """The rules of the mangle PREROUTING chain."""
     text = restore_input(cfg)
-    return text.split("*filter")[0].splitlines()[2:-1]
+    return [ln for ln in text.split("*filter")[0].splitlines() if ln.startswith("-A STEALTH-50 ")]
+
+
+def test_an_rst_from_the_server_unmarks_its_connection() -> None:
+    """Conntrack does not reopen a connection the server reset when a SYN comes on its tuple, so the
+    server's RST clears the mark: otherwise that SYN would ride the mark past the daemon."""
+    out = [ln for ln in restore_input(CFG).splitlines() if ln.startswith("-A STEALTH-50-out ")]
+    assert out[0] == "-A STEALTH-50-out -p tcp -m multiport ! --sports 22,2222 -j RETURN"
+    assert "--tcp-flags RST RST -m connmark --mark 0x10000000/0x10000000" in out[-1]
+    assert out[-1].endswith("-j CONNMARK --set-xmark 0x0/0x10000000")
 
 
 def test_fail_closed_invariants() -> None:

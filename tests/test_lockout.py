@@ -124,6 +124,10 @@ def test_twenty_runs_without_the_privilege_spend_nothing(sl: Any) -> None:
 
 
 def test_sshd_stopped_under_stealth_says_so_and_spends_nothing(sl: Any) -> None:
+    from stealthlab import use_token
+
+    from stealth.core.token import derive
+
     sl.stop_sshd()
     try:
         before = state(sl)
@@ -134,6 +138,15 @@ def test_sshd_stopped_under_stealth_says_so_and_spends_nothing(sl: Any) -> None:
         assert after.last_used == after.last_ok == before.last_used + 1  # answered: nothing pending
     finally:
         sl.start_sshd()
+    # the server reset that accepted connection; conntrack keeps it (CLOSE, 10 s) and does not reopen it
+    # for a new SYN on its tuple: such a SYN, with any ISN, must still meet the daemon, not the old mark
+    from stealth_connect.profiles import ClientStore, load_profile
+
+    prof = load_profile(ClientStore(sl.client_dirs["alice"]).find(sl.srv.ip4))
+    knock = derive(prof.key, prof.binding, 22, after.last_ok)
+    assert knock.sport is not None
+    got = use_token(sl.cli, sl.srv.ip4, 22, (knock.isn + 12345) % 2**32 or 1, knock.sport)
+    assert not got["connected"] and got["bytes"] == "", got
     assert login(sl).returncode == 0
 
 
