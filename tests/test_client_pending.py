@@ -113,3 +113,26 @@ def test_a_version_1_answers_block_is_read_and_upgraded(tmp_path: Path) -> None:
     assert read_counter(path) == CounterState(7, 6)  # last_ok from version 1, nothing pending
     assert claim(path, 8, NOW, PENDING_KNOCK_SECONDS)
     assert read_counter(path) == CounterState(8, 6, 8, NOW)  # now written as version 2
+
+
+def test_tuple_in_use_finds_connections_and_time_wait_exactly() -> None:
+    """The exact sock_diag lookup behind the client's busy-port check, on loopback of this host."""
+    import socket
+    import time
+
+    from stealth_connect.syn import tuple_in_use
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    client = socket.socket()
+    client.bind(("127.0.0.1", 0))
+    sport = client.getsockname()[1]
+    client.connect(("127.0.0.1", port))
+    assert tuple_in_use(socket.AF_INET, "127.0.0.1", port, sport)
+    assert not tuple_in_use(socket.AF_INET, "127.0.0.1", port, sport ^ 1)
+    conn, _ = srv.accept()
+    client.close()  # the client closes first: its side of the tuple goes to TIME_WAIT
+    conn.close()
+    time.sleep(0.1)
+    assert tuple_in_use(socket.AF_INET, "127.0.0.1", port, sport)
+    srv.close()

@@ -26,28 +26,51 @@ class PortBusy(Exception):
     """The token's source port is taken locally; the caller moves on to the next counter."""
 
 
-def _proc_addr(family: int, addr: str) -> str:
-    """An address as /proc/net/tcp{,6} prints it: 32-bit words in host (little-endian) order."""
-    raw = socket.inet_pton(family, addr)
-    return "".join(raw[i : i + 4][::-1].hex().upper() for i in range(0, len(raw), 4))
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_NO_COOKIE = 0xFFFFFFFF
+
+
+def _diag_request(family: int, local: bytes, sport: int, remote: bytes, dport: int) -> bytes:
+    """nlmsghdr + inet_diag_req_v2 asking for the one socket with this exact 4-tuple (no dump)."""
+    body = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+    body += struct.pack("!HH", sport, dport) + local.ljust(16, b"\0") + remote.ljust(16, b"\0")
+    body += struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
+    return struct.pack("=IHHII", 16 + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + body
+
+
+def _local_address(family: int, dst: str, dport: int) -> str:
+    """The source address this host would use towards dst (a UDP connect sends nothing)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((dst, dport))
+        local: str = probe.getsockname()[0]
+        return local
 
 
 def tuple_in_use(family: int, dst: str, dport: int, sport: int) -> bool:
-    """Whether a socket of this host holds the 4-tuple (any local address, sport) -> (dst, dport), in any
-    state: another run's knock still waiting for its answer, a connection, or TIME_WAIT (where connect()
-    may reuse the tuple with the kernel's own sequence number instead of ours, so the knock would carry
-    no token). The caller treats the port as busy."""
-    remote = f"{_proc_addr(family, dst)}:{dport:04X}"
-    local_port = f":{sport:04X}"
+    """Whether a socket of this host holds the 4-tuple (our source address, sport) -> (dst, dport), in
+    any state: another run's knock still waiting for its answer, a connection, or TIME_WAIT (where
+    connect() may reuse the tuple with the kernel's own sequence number instead of ours, so the knock
+    would carry no token). One exact sock_diag lookup (reading /proc/net/tcp walks the whole
+    connection table: milliseconds on a large host). The caller treats the port as busy."""
     try:
-        with open("/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 3 and fields[2] == remote and fields[1].endswith(local_port):
-                    return True
+        local = socket.inet_pton(family, _local_address(family, dst, dport))
+        request = _diag_request(family, local, sport, socket.inet_pton(family, dst), dport)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            nl.send(request)
+            reply = nl.recv(8192)
     except OSError:
+        return False  # cannot tell: the connect() itself still reports a tuple in use
+    if len(reply) < 16:
         return False
-    return False
+    msg_type: int = struct.unpack_from("=H", reply, 4)[0]
+    if msg_type == _NLMSG_ERROR:
+        error: int = struct.unpack_from("=i", reply, 16)[0]
+        return error == 0  # -ENOENT: no such socket
+    return msg_type == _SOCK_DIAG_BY_FAMILY
 
 
 def knock_socket(family: int, isn: int, sport: int | None) -> socket.socket:
