@@ -89,7 +89,32 @@ def connect(
     first = _prepare(prof, port, family, addr, counter_path, _candidates(prof, state, clock()), clock())
     if first is None:
         raise ClientError(BUSY_MESSAGE)
-    attempt = first
+    attempt, outcome, refusals = _knock_until_settled(prof, port, family, addr, counter_path, first,
+                                                      timeout, clock)
+    if outcome == "refused":
+        raise ClientError(_refused(host, port))
+    if outcome == "busy":
+        raise ClientError(BUSY_MESSAGE)
+    if outcome == "silent":
+        raise ClientError(_silence(host, port, prof, attempt, timeout, clock()))
+    if attempt.kind == "recovery":  # taken: the server's counter for this key is now the base
+        record_recovery(counter_path, recovery_base(attempt.slot))
+    else:
+        record_success(counter_path, attempt.knock.counter)
+    if outcome == "reset":  # taken, so spent; the service behind the port reset the connection
+        raise ClientError(ACCEPTED_BUT_RESET.format(where=f"{host}:{port}"))
+    if notify is not None and (attempt.kind == "recovery" or refusals):
+        notify(_recovered(prof, state, refusals))
+    if port in prof.sealed:
+        prove(attempt.sock, attempt.knock.session_key, timeout, f"{host}:{port}")
+    return attempt.sock, attempt.knock.session_key
+
+
+def _knock_until_settled(prof: Profile, port: int, family: int, addr: Address, counter_path: Path,
+                         attempt: Attempt, timeout: float,
+                         clock: Callable[[], float]) -> tuple[Attempt, str, int]:
+    """Send `attempt`; after an RST (or a tuple taken meanwhile) send what follows from it, each knock
+    at most once. Returns the last attempt, its outcome and how many RSTs came."""
     outcome = _knock(attempt, addr, timeout)
     tried = {attempt.knock.counter}
     refusals = 0
@@ -107,24 +132,7 @@ def connect(
         attempt = nxt
         tried.add(attempt.knock.counter)
         outcome = _knock(attempt, addr, timeout)
-    if outcome == "refused":
-        raise ClientError(_refused(host, port))
-    if outcome == "busy":
-        raise ClientError(BUSY_MESSAGE)
-    if outcome == "silent":
-        raise ClientError(_silence(host, port, prof, attempt, timeout, clock()))
-    if outcome == "reset":  # taken, so it is spent: nothing pending, and it is not the knock's fault
-        record_success(counter_path, attempt.knock.counter)
-        raise ClientError(ACCEPTED_BUT_RESET.format(where=f"{host}:{port}"))
-    if attempt.kind == "recovery":
-        record_recovery(counter_path, recovery_base(attempt.slot))
-    else:
-        record_success(counter_path, attempt.knock.counter)
-    if notify is not None and (attempt.kind == "recovery" or refusals):
-        notify(_recovered(prof, state, refusals))
-    if port in prof.sealed:
-        prove(attempt.sock, attempt.knock.session_key, timeout, f"{host}:{port}")
-    return attempt.sock, attempt.knock.session_key
+    return attempt, outcome, refusals
 
 
 def _knock(attempt: Attempt, addr: Address, timeout: float) -> str:
