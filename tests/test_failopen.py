@@ -79,7 +79,7 @@ def test_stopping_the_daemon_leaves_the_port_closed(lab: Any, host: str, how: st
     lab.server_proc.send_signal(getattr(signal, how))
     lab.server_proc.wait(timeout=15)
     lab.server_proc = None
-    probes = [stranger(lab.atk, addr, 22, 2.0) for addr in (lab.srv.ip4, lab.srv.ip6)]
+    probes = [stranger(lab.atk, addr, 22, 1.5) for addr in (lab.srv.ip4, lab.srv.ip6)]
     for probe in probes:
         assert_stranger_gets_no_service(lab, stranger_result(probe), how)
     rules = saved_rules(lab)
@@ -111,7 +111,7 @@ def test_flushed_or_restored_ruleset_is_repaired_and_never_opens_the_service(
     before = saved_rules(lab)  # a save from before stealth ever ran here
     assert "STEALTH" not in "".join(before.values())
     lab.start_server()
-    probes = [stranger(lab.atk, addr, 22, 4.0) for addr in (lab.srv.ip4, lab.srv.ip6)]
+    probes = [stranger(lab.atk, addr, 22, 3.0) for addr in (lab.srv.ip4, lab.srv.ip6)]
     time.sleep(0.5)
     start = time.monotonic()
     if how.startswith("nft"):

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.privileged
 
 W = 16  # the server's default look-ahead window
 SSH_PORT = 22
-ROUNDS = int(os.environ.get("STEALTH_KILLLOOP_ROUNDS", "200"))
+ROUNDS = int(os.environ.get("STEALTH_KILLLOOP_ROUNDS", "120"))  # scripts/killloop runs 500
 KNOCK_TIMEOUT = "8"  # the kernel resends the SYN after 1, 3 and 7 s: past the longest outage + restart
 SESSION_SECONDS = 5
 ACCEPT_RE = re.compile(

@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.privileged
 
-ATTEMPT_SECONDS = 1.0  # each ssh attempt is abandoned (its process group killed) after this long
+ATTEMPT_SECONDS = 0.6  # each ssh attempt is abandoned (its process group killed) after this long
 
 
 @pytest.fixture(scope="module")
