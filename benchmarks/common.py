@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,23 @@ def build_c() -> dict[str, Path]:
         subprocess.run(argv, check=True)
         note_command(argv)
     return {name: path for name, (path, _) in out.items()}
+
+
+def time_cases(cases: dict[str, Callable[[], Any]], samples: int
+               ) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Run every case `samples` times, interleaved (against drift): seconds per successful sample, and
+    the first 200 characters of each failure, by case."""
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    errors: dict[str, list[str]] = {k: [] for k in cases}
+    for _ in range(samples):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            try:
+                fn()
+                times[name].append(time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001 -- a failed sample is counted and reported, not fatal
+                errors[name].append(repr(e)[:200])
+    return times, errors
 
 
 def pct(values: Sequence[float], q: float) -> float:

@@ -29,7 +29,7 @@ from netlab import Lab, LabError, wait_for
 from netlab import run as run_argv
 from stealthlab import SSHD, StealthLab
 
-from benchmarks.common import cpu_busy, cpu_times, summary_ms
+from benchmarks.common import cpu_busy, cpu_times, summary_ms, time_cases
 from benchmarks.lab import LISTENER, check_no_route_out, env_for_tools
 
 SERVER_ID = "bench-seal"
@@ -551,16 +551,7 @@ def _worker_connect(cfg: dict[str, Any]) -> dict[str, Any]:
 
     cases = {"plain_connect": plain, "unsealed_connect": knock(cfg["unsealed"]),
              "sealed_connect": knock(cfg["sealed"])}
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    errors: dict[str, list[str]] = {k: [] for k in cases}
-    for _ in range(cfg["samples"]):
-        for name, fn in cases.items():
-            t = time.perf_counter()
-            try:
-                fn()
-                times[name].append(time.perf_counter() - t)
-            except Exception as e:  # noqa: BLE001 -- a failed sample is counted and reported
-                errors[name].append(repr(e)[:200])
+    times, errors = time_cases(cases, cfg["samples"])
     return {"times": times, "errors": errors, "phases": phases}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stealth.errors import StealthError
 from stealth.firewall import RuleConfig, install, missing_rules
+from stealth.store import stamp
 
 log = logging.getLogger("stealth.server")
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
@@ -25,14 +26,6 @@ def _is_loopback(addr: str) -> bool:
     if len(addr) == 8:
         return addr.endswith("7F")
     return addr == _V6_LOOPBACK_HEX or (addr.startswith(_V4_MAPPED_HEX) and addr.endswith("7F"))
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
 
 
 def _readable(addr: str, port: int) -> str:
@@ -73,7 +66,7 @@ class Guard:
         self.rules = rules
         self._spawn = acceptor
         self._config_path = config_path
-        self._config_stamp = _stamp(config_path)
+        self._config_stamp = stamp(config_path)
         self.acceptor = acceptor()
         self.repairs = 0
         self.last_problem: str | None = None
@@ -104,9 +97,9 @@ class Guard:
         if self.acceptor.poll() is not None:
             log.error("acceptor exited (status %s); restarting it", self.acceptor.returncode)
             self.acceptor = self._spawn()
-        stamp = _stamp(self._config_path)
-        if stamp != self._config_stamp:  # backends or sealed ports may have changed
-            self._config_stamp = stamp
+        now = stamp(self._config_path)
+        if now != self._config_stamp:  # backends or sealed ports may have changed
+            self._config_stamp = now
             log.info("%s changed: restarting the acceptor with its backends and sealed ports",
                      self._config_path)
             self._stop_acceptor()

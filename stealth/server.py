@@ -12,7 +12,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import FrameType
 
 from stealth.acceptor import Plan, open_listeners, spawn
@@ -34,7 +33,7 @@ from stealth.hoststyle import host_unused_port_mode
 from stealth.nfqueue import AfterCommit, Queue
 from stealth.server_state import ServerConfig, ServerState
 from stealth.sessions import key_channel, send_key
-from stealth.store import locked
+from stealth.store import locked, stamp
 
 log = logging.getLogger("stealth.server")
 # the accept's commands, the client's enrollment id, and the session key (for a sealed port's relay)
@@ -120,7 +119,7 @@ class Server:
         self.guard: Guard | None = None  # in the process that checks the rules (not in workers)
         self.keys: socket.socket | None = None  # session keys of accepted knocks, to the acceptor
         self.sealed = frozenset(self.config.sealed)  # followed from server.toml while running
-        self._config_stamp = self._stamp_of(self.state.config_path)
+        self._config_stamp = stamp(self.state.config_path)
 
     # --- packet path -------------------------------------------------------------------------------
     def reject(self, payload: bytes) -> int | None:
@@ -228,15 +227,7 @@ class Server:
 
     # --- state -------------------------------------------------------------------------------------
     def _stamp(self) -> tuple[int, int, int] | None:
-        return self._stamp_of(self.state.clients_path)
-
-    @staticmethod
-    def _stamp_of(path: Path) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return stamp(self.state.clients_path)
 
     def load(self, counters: dict[str, int] | None = None, validate: bool = True) -> None:
         """(Re)load clients.jsonl into the table in one go (at start, and in the parent of workers)."""
@@ -407,9 +398,9 @@ class Server:
     def _watch(self) -> None:
         """About once a second: a public listener on a protected port makes every reject a drop; a
         changed server.toml may seal or unseal ports."""
-        stamp = self._stamp_of(self.state.config_path)
-        if stamp != self._config_stamp:
-            self._config_stamp = stamp
+        config_now = stamp(self.state.config_path)
+        if config_now != self._config_stamp:
+            self._config_stamp = config_now
             try:
                 self.sealed = frozenset(self.state.load_config().sealed)
             except StealthError as e:

@@ -118,6 +118,16 @@ def write_json(path: Path, doc: Any, durable: bool = True) -> None:
     atomic_write(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), durable=durable)
 
 
+def stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime ns, size) of a file, or None if it cannot be read: what "has it changed?" compares
+    (an atomic replace makes a new inode)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def ensure_dir(path: Path) -> None:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
