@@ -48,6 +48,14 @@ def test_past_what_it_can_know_of_the_window_the_client_recovers() -> None:
     assert _candidates(PROF, probed, NOW + 60) == [("recovery", recovery_counter(SLOT))]
 
 
+def test_counters_still_in_flight_are_not_unanswered_ones() -> None:
+    """Four concurrent runs have claimed four counters a moment ago: no reason for a recovery knock,
+    which would spend the others' counters while their SYNs wait in a busy server's queue."""
+    busy = CounterState(last_used=8, last_ok=4, pending=8, pending_since=NOW)
+    assert _candidates(PROF, busy, NOW + 1)[:2] == [("again", 8), ("new", 9)]
+    assert _candidates(PROF, busy, NOW + PENDING_KNOCK_SECONDS) == [("recovery", recovery_counter(SLOT))]
+
+
 def test_new_counters_stay_within_what_the_client_knows_of_the_window() -> None:
     st = CounterState(last_used=10, last_ok=9)
     news = [c for kind, c in _candidates(PROF, st, NOW) if kind == "new"]

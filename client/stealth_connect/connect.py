@@ -15,6 +15,7 @@ from pathlib import Path
 from stealth.constants import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     PENDING_KNOCK_SECONDS,
+    RECOVERY_COUNTER_FLAG,
     RECOVERY_SLOT_SECONDS,
     RECOVERY_SLOT_SKEW,
 )
@@ -173,12 +174,16 @@ def _candidates(prof: Profile, state: CounterState, now: float) -> list[tuple[st
     server did accept the recovery knock and only its answer was lost."""
     slot = slot_of(now)
     recovery = ("recovery", recovery_counter(slot))
-    if state.last_used - state.last_ok >= min(prof.window, RECOVER_AFTER_UNANSWERED):
+    # a counter claimed in the last PENDING_KNOCK_SECONDS may still be on its way (this run's earlier
+    # knock, or another run's now): counters in flight are not unanswered ones
+    in_flight = (0 < state.pending < RECOVERY_COUNTER_FLAG
+                 and 0 <= now - state.pending_since < PENDING_KNOCK_SECONDS)
+    if state.last_used - state.last_ok >= min(prof.window, RECOVER_AFTER_UNANSWERED) and not in_flight:
         if state.pending == recovery[1] and state.last_used <= recovery_base(slot):
             return [("new", recovery_base(slot) + 1), recovery]
         return [recovery]
     out: list[tuple[str, int]] = []
-    if state.pending and 0 <= now - state.pending_since < PENDING_KNOCK_SECONDS:
+    if in_flight:
         out.append(("again", state.pending))
     top = min(state.last_ok + prof.window, state.last_used + MAX_BUSY_PORT_SKIPS)
     return [*out, *(("new", c) for c in range(state.last_used + 1, top + 1)), recovery]
