@@ -1,6 +1,6 @@
-# Why: the admin command line. Commands parse options, call the library and map every StealthError to
-# one line on stderr and exit status 1; they hold no logic of their own. Names are a public interface.
-import functools
+# Why: the server's command line (`stealth server …`, `stealth inspect`). Commands parse options, call the
+# library and map every StealthError to one line on stderr and exit status 1; they hold no logic of their
+# own. Names are a public interface. The `stealth` command itself is stealth_cli, which loads this lazily.
 import ipaddress
 import json
 import logging
@@ -12,6 +12,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from stealth.backend import Backend, parse_assignment
+from stealth.cliutil import reports_errors
 from stealth.constants import (
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
@@ -26,18 +27,6 @@ from stealth.errors import ConfigError, StealthError
 from stealth.server_state import UNAUTH_CHOICES, ServerConfig, ServerState
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def reports_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except StealthError as e:
-            click.echo(f"stealth: {e}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 state_dir_option = click.option(
@@ -378,23 +367,3 @@ def inspect(capture: Path, state_dir: Path, as_json: bool) -> None:
             extra = f" client={row['client']}" if row.get("client") else ""
             line = f"{row['index']:5d} {row['verdict']:6s} {row['reason']:15s} {row['flow']}{extra}"
             click.echo(line)
-
-
-@main.group()
-def client() -> None:
-    """Manage this machine's client profiles."""
-
-
-@client.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--host", required=True, help="The host name you will pass to ssh / stealth-connect.")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Client state directory (default: $STEALTH_CLIENT_DIR or $XDG_CONFIG_HOME/stealth).")
-@reports_errors
-def import_profile(file: Path, host: str, state_dir: Path | None) -> None:
-    """Store a profile for HOST."""
-    from stealth_connect.profiles import ClientStore
-
-    store = ClientStore(state_dir)
-    dest = store.import_profile(file, host)
-    click.echo(f"profile for {host} stored in {dest}")

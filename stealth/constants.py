@@ -80,6 +80,20 @@ RELOAD_STEP_SECONDS: Final = 0.05  # reload work between two queue polls (a 1M-c
 # Client: how long one stealth-connect waits for the answer to its knock, while the kernel resends the
 # SYN on the same tuple (after 1, 3, 7 s with Linux's defaults: four SYNs).
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
+# A name with several addresses: each but the last gets this long (the SYN and the kernel's first
+# resend) before stealth-connect moves on to the next, as ssh does with its ConnectTimeout.
+NEXT_ADDRESS_AFTER_SECONDS: Final = 2.5
 
 # Files.
 SECRET_FILE_MODE: Final = 0o600
+
+# The client agent (stealth_connect/agent.py): a root process that hands unprivileged users TCP sockets
+# whose SYN will carry a given ISN, over a Unix seqpacket socket.
+DEFAULT_AGENT_SOCKET: Final = "/run/stealth/agent.sock"
+AGENT_SOCKET_ENV: Final = "STEALTH_AGENT_SOCKET"
+DEFAULT_AGENT_GROUP: Final = "stealth"
+AGENT_SOCKET_MODE: Final = 0o660
+AGENT_IDLE_SECONDS: Final = 2.0  # a connection that sends no request for this long is closed
+AGENT_REPLY_SECONDS: Final = 2.0  # how long stealth-connect waits for the agent's greeting or reply
+AGENT_MAX_CONNECTIONS: Final = 64  # open at once; more wait in the listen backlog
+AGENT_MAX_REQUESTS: Final = 16  # per connection (one run needs one per knock it sends)

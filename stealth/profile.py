@@ -6,14 +6,16 @@ import binascii
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stealth.constants import DEFAULT_WINDOW, KEY_BYTES, MAX_WINDOW
 from stealth.core.secret import Secret
-from stealth.core.table import ClientSpec
 from stealth.core.token import Binding, PortRange
 from stealth.errors import ConfigError
 from stealth.store import Fields
+
+if TYPE_CHECKING:
+    from stealth.core.table import ClientSpec
 
 PROFILE_FORMAT = "stealth-profile-v1"
 
@@ -35,7 +37,9 @@ class Profile:
         source = ipaddress.ip_address(self.bind_source).packed if self.bind_source else None
         return Binding(self.server_id, self.port_bits, self.port_range, source)
 
-    def spec(self) -> ClientSpec:
+    def spec(self) -> "ClientSpec":
+        from stealth.core.table import ClientSpec  # the server's table; a knock never loads it
+
         return ClientSpec(self.name, self.key, self.binding, self.ports)
 
     def to_doc(self) -> dict[str, Any]:

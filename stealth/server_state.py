@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nacl.utils
-
 from stealth.backend import Backend, default_backend, parse_backend
 from stealth.constants import (
     COUNTER_MAX,
@@ -259,7 +257,7 @@ class ServerState:
                 raise ConfigError("client name", f"{name!r} is given twice")
             wanted.add(name)
             profile = Profile(
-                name=name, server_id=config.server_id, key=Secret(nacl.utils.random(KEY_BYTES)),
+                name=name, server_id=config.server_id, key=Secret(secrets.token_bytes(KEY_BYTES)),
                 ports=ports, window=config.window, port_bits=port_bits,
                 port_range=port_range or PortRange(), bind_source=bind_source,
                 sealed=tuple(p for p in ports if p in config.sealed),

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import tomli_w
-
 from stealth.constants import SECRET_FILE_MODE
 from stealth.errors import ConfigError
 
@@ -103,6 +101,8 @@ def read_toml(path: Path, secret: bool = False) -> dict[str, Any]:
 
 
 def write_toml(path: Path, doc: dict[str, Any]) -> None:
+    import tomli_w  # only writers need it: a knock reads TOML and never loads the writer
+
     atomic_write(path, tomli_w.dumps(doc).encode())
 
 

@@ -2,8 +2,10 @@
 # files get one line naming the file and the fault with a non-zero exit, and no secret is ever printed.
 import base64
 import os
+import socket
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -209,11 +211,26 @@ def test_stealth_connect_without_profile(tmp_path: Path) -> None:
     one_line_error(result, "no stealth profile", "stealth client import")
 
 
-def test_stealth_connect_port_not_in_profile(server: Path, tmp_path: Path) -> None:
+def test_stealth_connect_port_not_in_profile_connects_plainly(server: Path, tmp_path: Path) -> None:
+    """ssh's habit: one Host block for every port. A port the profile does not cover gets an ordinary
+    connection (no knock, no counter spent), relayed like a knocked one."""
     enroll(server, "alice", tmp_path / "a.toml")
-    result = connect("198.51.100.77", "2222", "--profile", str(tmp_path / "a.toml"), "--state-dir",
-                     str(tmp_path / "c"))
-    one_line_error(result, "does not cover port 2222")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"SSH-2.0-plain\n")
+
+        threading.Thread(target=serve, daemon=True).start()
+        result = connect("127.0.0.1", str(port), "--profile", str(tmp_path / "a.toml"), "--state-dir",
+                         str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "SSH-2.0-plain\n"
+    assert not (tmp_path / "c" / "counters").exists()  # nothing spent
 
 
 def test_inspect_rejects_a_non_capture(server: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stealth.constants import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    NEXT_ADDRESS_AFTER_SECONDS,
     PENDING_KNOCK_SECONDS,
     RECOVERY_COUNTER_FLAG,
     RECOVERY_SLOT_SECONDS,
@@ -27,7 +28,8 @@ from stealth.profile import Profile
 from stealth_connect.counter import CounterState, claim, mark_pending, record_recovery, record_refused
 from stealth_connect.profiles import ClientStore, load_profile, read_counter, record_success
 from stealth_connect.seal import prove
-from stealth_connect.syn import PortBusy, knock_socket, tuple_in_use
+from stealth_connect.syn import PortBusy, bind_source_port, tuple_in_use
+from stealth_connect.synsource import SynSource, open_syn_source
 
 MAX_BUSY_PORT_SKIPS = 8
 # Counters used without an answer before the next run knocks with the recovery token instead: each of
@@ -51,13 +53,45 @@ class Attempt:
     slot: int = 0  # for a recovery knock
 
 
-def resolve(host: str, port: int) -> tuple[int, Address]:
+def resolve(host: str, port: int, family: int = 0) -> list[tuple[int, Address]]:
+    """Every address of `host`, in getaddrinfo's order (family 0: both, or AF_INET / AF_INET6)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except socket.gaierror as e:
         raise ClientError(f"cannot resolve {host!r}: {e.strerror}") from None
-    family, _, _, _, addr = infos[0]
-    return family, addr  # type: ignore[return-value]
+    out: list[tuple[int, Address]] = []
+    for fam, _, _, _, addr in infos:
+        if (fam, addr) not in out:
+            out.append((fam, addr))  # type: ignore[arg-type]
+    return out
+
+
+def plain_connect(host: str, port: int, family: int, timeout: float) -> socket.socket:
+    """An ordinary connection to a port no profile covers: each address in turn, as ssh would."""
+    last = ""
+    addresses = resolve(host, port, family)
+    for i, (fam, addr) in enumerate(addresses):
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock.settimeout(timeout if i == len(addresses) - 1 else min(timeout, NEXT_ADDRESS_AFTER_SECONDS))
+        try:
+            sock.connect(addr)
+        except OSError as e:
+            sock.close()
+            last = f"{addr[0]}: {e.strerror or e}"
+            continue
+        sock.settimeout(None)
+        return sock
+    raise ClientError(f"cannot connect to {host}:{port}: {last}")
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How the knocks towards one address ended: the last attempt, its outcome, the RSTs before it."""
+
+    attempt: Attempt | None  # None: no knock could leave (all source ports busy)
+    outcome: str  # connected, reset, refused, silent, busy or unreachable
+    refusals: int = 0
+    detail: str = ""  # the kernel's words for "unreachable"
 
 
 def connect(
@@ -69,13 +103,18 @@ def connect(
     store: ClientStore | None = None,
     notify: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.time,
+    family: int = 0,
+    source: SynSource | None = None,
 ) -> tuple[socket.socket, Secret]:
     """Knock and return the connected socket and the session key.
 
     `profile` is a Profile, a profile file, or None for the one imported for `host`. Counters live in
     the client state directory (`store`), one sequence per key, whichever way the profile is given.
-    The kernel resends the SYN on the same tuple until `timeout`; on silence the knock stays pending and
-    the next call sends it again. `notify` gets a line worth showing the user (after a recovery)."""
+    Each address of `host` is tried in order (`family` restricts them); the kernel resends the SYN on
+    the same tuple until `timeout` (NEXT_ADDRESS_AFTER_SECONDS for all but the last address); on
+    silence the knock stays pending and the next try sends it again. The knock's socket comes from
+    `source` (default: this process if it may, else the agent), settled before any counter is taken.
+    `notify` gets a line worth showing the user (after a recovery)."""
     store = store or ClientStore()
     if isinstance(profile, Profile):
         prof = profile
@@ -85,17 +124,33 @@ def connect(
         raise ClientError(f"the profile for {host} ({prof.name}) does not cover port {port} (it covers "
                           f"{','.join(map(str, prof.ports))})")
     counter_path = store.counter_path(prof)
-    family, addr = resolve(host, port)
+    addresses = resolve(host, port, family)
     state = read_counter(counter_path)
-    first = _prepare(prof, port, family, addr, counter_path, _candidates(prof, state, clock()), clock())
-    if first is None:
+    own_source = source is None
+    source = source or open_syn_source()
+    try:
+        for i, (fam, addr) in enumerate(addresses):
+            wait = timeout if i == len(addresses) - 1 else min(timeout, NEXT_ADDRESS_AFTER_SECONDS)
+            settled = _settle(prof, port, fam, addr, counter_path, source, wait, clock)
+            if settled.outcome in ("connected", "reset"):
+                break
+    finally:
+        if own_source:
+            source.close()
+    return _finish(host, port, prof, counter_path, state, settled, timeout, notify, clock)
+
+
+def _finish(host: str, port: int, prof: Profile, counter_path: Path, before: CounterState, settled: Settled,
+            timeout: float, notify: Callable[[str], None] | None,
+            clock: Callable[[], float]) -> tuple[socket.socket, Secret]:
+    """Record what the last address's knocks did and return the connection, or the one-line error."""
+    attempt, outcome = settled.attempt, settled.outcome
+    if attempt is None or outcome == "busy":
         raise ClientError(BUSY_MESSAGE)
-    attempt, outcome, refusals = _knock_until_settled(prof, port, family, addr, counter_path, first,
-                                                      timeout, clock)
     if outcome == "refused":
         raise ClientError(_refused(host, port))
-    if outcome == "busy":
-        raise ClientError(BUSY_MESSAGE)
+    if outcome == "unreachable":
+        raise ClientError(f"cannot connect to {host}:{port}: {settled.detail}")
     if outcome == "silent":
         raise ClientError(_silence(host, port, prof, attempt, timeout, clock()))
     if attempt.kind == "recovery":  # taken: the server's counter for this key is now the base
@@ -104,19 +159,29 @@ def connect(
         record_success(counter_path, attempt.knock.counter)
     if outcome == "reset":  # taken, so spent; the service behind the port reset the connection
         raise ClientError(ACCEPTED_BUT_RESET.format(where=f"{host}:{port}"))
-    if notify is not None and (attempt.kind == "recovery" or refusals):
-        notify(_recovered(prof, state, refusals))
+    if notify is not None and (attempt.kind == "recovery" or settled.refusals):
+        notify(_recovered(prof, before, settled.refusals))
     if port in prof.sealed:
         prove(attempt.sock, attempt.knock.session_key, timeout, f"{host}:{port}")
     return attempt.sock, attempt.knock.session_key
 
 
+def _settle(prof: Profile, port: int, family: int, addr: Address, counter_path: Path, source: SynSource,
+            timeout: float, clock: Callable[[], float]) -> Settled:
+    """Knock on one address: the first knock that can leave, then what follows each RST."""
+    first = _prepare(prof, port, family, addr, counter_path, source,
+                     _candidates(prof, read_counter(counter_path), clock()), clock())
+    if first is None:
+        return Settled(None, "busy")
+    return _knock_until_settled(prof, port, family, addr, counter_path, source, first, timeout, clock)
+
+
 def _knock_until_settled(prof: Profile, port: int, family: int, addr: Address, counter_path: Path,
-                         attempt: Attempt, timeout: float,
-                         clock: Callable[[], float]) -> tuple[Attempt, str, int]:
+                         source: SynSource, attempt: Attempt, timeout: float,
+                         clock: Callable[[], float]) -> Settled:
     """Send `attempt`; after an RST (or a tuple taken meanwhile) send what follows from it, each knock
-    at most once. Returns the last attempt, its outcome and how many RSTs came."""
-    outcome = _knock(attempt, addr, timeout)
+    at most once."""
+    outcome, detail = _knock(attempt, addr, timeout)
     tried = {attempt.knock.counter}
     refusals = 0
     while outcome in ("refused", "busy"):
@@ -127,40 +192,41 @@ def _knock_until_settled(prof: Profile, port: int, family: int, addr: Address, c
         else:
             following = _candidates(prof, read_counter(counter_path), clock())
         following = [c for c in following if c[1] not in tried]
-        nxt = _prepare(prof, port, family, addr, counter_path, following, clock()) if following else None
+        nxt = (_prepare(prof, port, family, addr, counter_path, source, following, clock())
+               if following else None)
         if nxt is None:
             break
         attempt = nxt
         tried.add(attempt.knock.counter)
-        outcome = _knock(attempt, addr, timeout)
-    return attempt, outcome, refusals
+        outcome, detail = _knock(attempt, addr, timeout)
+    return Settled(attempt, outcome, refusals, detail)
 
 
-def _knock(attempt: Attempt, addr: Address, timeout: float) -> str:
+def _knock(attempt: Attempt, addr: Address, timeout: float) -> tuple[str, str]:
     """connect() the prepared socket: the kernel sends the SYN and resends it on the same tuple until
     `timeout`. "connected" leaves the socket connected and blocking; "refused" (an RST instead of a
     SYN-ACK), "reset" (an RST right after the SYN-ACK), "silent" (a silent knock stays pending) and
-    "busy" (the tuple was taken meanwhile) close it."""
+    "busy" (the tuple was taken meanwhile) and "unreachable" (with the kernel's words) close it."""
     sock = attempt.sock
     sock.settimeout(timeout)
     try:
         sock.connect(addr)
     except ConnectionRefusedError:
         sock.close()
-        return "refused"
+        return "refused", ""
     except TimeoutError:
         sock.close()
-        return "silent"
+        return "silent", ""
     except ConnectionResetError:
         sock.close()  # the SYN-ACK came (the knock was taken), then an RST before connect() returned
-        return "reset"
+        return "reset", ""
     except OSError as e:
         sock.close()
         if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):  # another run took the tuple just now
-            return "busy"
-        raise ClientError(f"cannot connect to {addr[0]}:{addr[1]}: {e.strerror}") from None
+            return "busy", ""
+        return "unreachable", f"{addr[0]}: {e.strerror or e}"
     sock.settimeout(None)
-    return "connected"
+    return "connected", ""
 
 
 def _candidates(prof: Profile, state: CounterState, now: float) -> list[tuple[str, int]]:
@@ -203,7 +269,7 @@ def _after_refusal(prof: Profile, refused: Attempt, state: CounterState, now: fl
     return [("new", base + 1)] if state.last_used <= base else []
 
 
-def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path: Path,
+def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path: Path, source: SynSource,
              candidates: list[tuple[str, int]], now: float) -> Attempt | None:
     """The first candidate whose SYN can leave: its port free and its tuple not in use here (another
     run's knock, a connection, TIME_WAIT), then (for a counter) claimed durably. Nothing is spent on a
@@ -213,7 +279,7 @@ def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path:
         if knock.sport is not None and tuple_in_use(family, addr[0], port, knock.sport):
             continue
         try:
-            sock = knock_socket(family, knock.isn, knock.sport)  # ClientError without privilege
+            sock = knock_socket(source, family, knock.isn, knock.sport)
         except PortBusy:
             continue
         if kind == "recovery":
@@ -223,6 +289,11 @@ def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path:
             continue
         return Attempt(sock, knock, kind, slot_of(now) if kind == "recovery" else 0)
     return None
+
+
+def knock_socket(source: SynSource, family: int, isn: int, sport: int | None) -> socket.socket:
+    """The knock's socket from `source`, bound to its source port (PortBusy if taken here)."""
+    return bind_source_port(source.socket_for(family, isn), family, sport)
 
 
 def _silence(host: str, port: int, prof: Profile, attempt: Attempt, timeout: float, now: float) -> str:

@@ -11,6 +11,7 @@ import re
 import stat
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from stealth.core.secret import Secret
@@ -83,6 +84,17 @@ def _key_id(key: Secret) -> str:
     return key_id(key)
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One imported profile, as `stealth client list` shows it."""
+
+    host: str
+    name: str
+    ports: tuple[int, ...]
+    sealed: tuple[int, ...]
+    last_used: int
+
+
 class ClientStore:
     def __init__(self, state_dir: Path | None = None) -> None:
         self.dir = Path(state_dir) if state_dir is not None else default_dir()
@@ -102,11 +114,36 @@ class ClientStore:
         write_toml(dest, profile.to_doc())
         return dest
 
-    def find(self, host: str) -> Path:
+    def find(self, host: str, name: str | None = None) -> Path:
+        """The profile imported under `name` (the name typed: ssh's %n, often a Host alias), else under
+        `host` (the address or HostName that is dialled: %h)."""
+        names = [n for n in (name, host) if n]
+        for n in dict.fromkeys(names):
+            path = self.profile_path(n)
+            if path.exists():
+                return path
+        raise ClientError(
+            f"no stealth profile for {' or '.join(map(repr, dict.fromkeys(names)))} (looked in "
+            f"{self.dir / 'hosts'}); import one with: stealth client import PROFILE --host {names[0]}"
+        )
+
+    def entries(self) -> list[Entry]:
+        """Every imported profile, by host name."""
+        out = []
+        for path in sorted((self.dir / "hosts").glob("*.toml")):
+            profile = load_profile(path)
+            state = read_counter(self.counter_path(profile))
+            out.append(Entry(path.stem, profile.name, profile.ports, profile.sealed, state.last_used))
+        return out
+
+    def remove(self, host: str) -> Path:
+        """Delete the profile stored for `host`. The counter file stays: were the same key imported
+        again, it must go on from where it was, never reuse a counter."""
         path = self.profile_path(host)
-        if not path.exists():
-            raise ClientError(
-                f"no stealth profile for host {host!r} (looked for {path}); "
-                f"import one with: stealth client import PROFILE --host {host}"
-            )
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise ClientError(f"no stealth profile for {host!r} (looked for {path})") from None
+        except OSError as e:
+            raise ClientError(f"cannot remove {path}: {e.strerror}") from None
         return path

@@ -2,24 +2,18 @@
 # whose ISN (and source port) we pick, so the knock is the client OS's own SYN: its options, window, TTL,
 # IP ID, timestamps and retransmission timing are the kernel's. Mechanism (checked on Linux 6.18):
 # TCP_REPAIR on, TCP_REPAIR_QUEUE=TCP_SEND_QUEUE, TCP_QUEUE_SEQ=isn, TCP_REPAIR off without window
-# probe, bind(source port), connect(). Needs CAP_NET_ADMIN.
+# probe, then bind(source port), connect(). The first part needs CAP_NET_ADMIN, so it is done either
+# here (root) or by the client agent, which passes the prepared socket over (synsource.py); binding and
+# connecting need no privilege, so they are always done here.
 import errno
 import socket
 import struct
-
-from stealth.errors import ClientError
 
 TCP_REPAIR = 19
 TCP_REPAIR_QUEUE = 20
 TCP_QUEUE_SEQ = 21
 TCP_SEND_QUEUE = 2
 TCP_REPAIR_OFF_NO_WP = -1
-
-PRIVILEGE_HINT = (
-    "choosing the SYN's sequence number needs CAP_NET_ADMIN (TCP_REPAIR): run stealth-connect as root, "
-    "or give the capability to a dedicated copy of the interpreter: "
-    "sudo setcap cap_net_admin+ep /opt/stealth/python3 (see README, 'Privileges')"
-)
 
 
 class PortBusy(Exception):
@@ -73,28 +67,39 @@ def tuple_in_use(family: int, dst: str, dport: int, sport: int) -> bool:
     return msg_type == _SOCK_DIAG_BY_FAMILY
 
 
-def knock_socket(family: int, isn: int, sport: int | None) -> socket.socket:
-    """A TCP socket whose connect() will send the kernel's own SYN with this ISN and source port."""
+def repaired_socket(family: int, isn: int) -> socket.socket:
+    """A fresh, unbound TCP socket whose connect() will send its SYN with `isn`. PermissionError without
+    CAP_NET_ADMIN. Repair mode is off again when it returns: the socket is an ordinary one."""
     if not 0 < isn < 1 << 32:
         raise ValueError("ISN must be 1..2^32-1")
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
-        except PermissionError:
-            raise ClientError(PRIVILEGE_HINT) from None
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
         sock.setsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, struct.pack("=I", isn))
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, struct.pack("=i", TCP_REPAIR_OFF_NO_WP))
-        if sport is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
-            except OSError as e:
-                if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
-                    raise PortBusy(sport) from None
-                raise
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def bind_source_port(sock: socket.socket, family: int, sport: int | None) -> socket.socket:
+    """Bind the knock's source port (PortBusy if it is taken here); closes the socket on any error."""
+    if sport is None:
+        return sock
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
+    except OSError as e:
+        sock.close()
+        if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            raise PortBusy(sport) from None
+        raise
+    return sock
+
+
+def knock_socket(family: int, isn: int, sport: int | None) -> socket.socket:
+    """A socket whose connect() sends the kernel's own SYN with this ISN and source port, made by this
+    process (so it needs CAP_NET_ADMIN: PermissionError without it). Tests and labs use it directly."""
+    return bind_source_port(repaired_socket(family, isn), family, sport)
