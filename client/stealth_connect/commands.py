@@ -130,12 +130,30 @@ def agent(path: str | None, group: str) -> None:
     signal.signal(signal.SIGINT, stop)
     where = created or "the socket systemd passed"
     click.echo(f"stealth agent ready on {where} (group {group}, gid {gid})")
+    sys.stdout.flush()  # whoever waits for "ready" reads a pipe
     try:
         Agent(listener, gid, log_stderr).run(lambda: bool(stopping))
     finally:
         listener.close()
         if created is not None:
             Path(created).unlink(missing_ok=True)
+
+
+@client.command("agent-units")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@reports_errors
+def agent_units(directory: Path) -> None:
+    """Write the agent's systemd socket and service units into DIRECTORY (e.g. /etc/systemd/system)."""
+    units = Path(__file__).with_name("systemd")
+    for unit in sorted(units.glob("stealth-agent.*")):
+        dest = directory / unit.name
+        try:
+            dest.write_text(unit.read_text())
+        except OSError as e:
+            raise ConfigError(dest, f"cannot write: {e.strerror or e}") from None
+        click.echo(f"wrote {dest}")
+    click.echo("then: groupadd --system stealth (once), usermod -aG stealth USER, "
+               "systemctl daemon-reload && systemctl enable --now stealth-agent.socket")
 
 
 def _group_id(group: str) -> int:
