@@ -1,11 +1,15 @@
 # Why: the demo and the end-to-end tests run the same deployment: a stealth server protecting a real
 # sshd in the server namespace, and the real OpenSSH client going through stealth-connect in the client
 # namespace. This module sets that up on top of netlab, once, so both exercise exactly the same thing.
+import atexit
 import contextlib
+import functools
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +19,9 @@ from netlab import Host, Lab, LabError, Roles, run, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 SSHD = "/usr/sbin/sshd"
+CHECKOUT = Path(__file__).resolve().parents[2]
+CLIENT_TREE = ("pyproject.toml", "README.md", "stealth", "client")  # what `pip install .` builds from
+SYSTEM_PYTHON = "/usr/bin/python3"  # one any user may run (the dev venv's may live under /root)
 
 
 def tool(name: str) -> str:
@@ -137,6 +144,30 @@ class StealthLab(Roles):
     def ssh(self, name: str, host: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.cli.run(self.ssh_argv(name, host, **kw), check=False, timeout=timeout,
                             stdin=subprocess.DEVNULL)
+
+
+@functools.cache
+def client_venv() -> Path:
+    """A client-only install of this checkout, as a user makes one: `pip install` of a copy of the tree
+    (no `[server]`, CC=/bin/false, so nothing may be compiled) into a fresh venv of the system python,
+    in a directory every user can read. Built once per process, removed at exit; LabError if it fails."""
+    top = Path(tempfile.mkdtemp(prefix="stealth-client-venv-"))
+    atexit.register(shutil.rmtree, top, ignore_errors=True)
+    top.chmod(0o755)
+    src = top / "src"  # the build writes build/ and *.egg-info next to the sources: not into the repo
+    for name in CLIENT_TREE:
+        if (CHECKOUT / name).is_dir():
+            shutil.copytree(CHECKOUT / name, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+        else:
+            src.mkdir(exist_ok=True)
+            shutil.copy2(CHECKOUT / name, src / name)
+    venv = top / "venv"
+    run([SYSTEM_PYTHON, "-m", "venv", str(venv)], timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-input", str(src)],
+        env={**env, "CC": "/bin/false", "CXX": "/bin/false"}, timeout=300)
+    return venv
 
 
 def prepare(lab: Lab, server_id: str, ports: str, init_args: Sequence[str]) -> StealthLab:
