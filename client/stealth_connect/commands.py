@@ -73,19 +73,18 @@ def remove_profile(host: str, state_dir: Path | None) -> None:
 def ssh_config(host: str, hostname: str | None, user: str | None, relay: bool,
                state_dir: Path | None) -> None:
     """Print a ~/.ssh/config block for HOST."""
-    store = ClientStore(state_dir)
-    store.find(hostname or host, host)  # the profile must exist under one of the names
-    click.echo(ssh_config_block(host, hostname, user, relay))
+    found = ClientStore(state_dir).find(hostname or host, host)  # under the alias first, as ssh's %n
+    click.echo(ssh_config_block(host, hostname, user, relay, found.stem))
 
 
-def ssh_config_block(host: str, hostname: str | None, user: str | None, relay: bool) -> str:
+def ssh_config_block(host: str, hostname: str | None, user: str | None, relay: bool, profile: str) -> str:
     """The block: ssh passes %n (the name typed, the alias) and %h (HostName) to stealth-connect, which
     looks the profile up under either. With ProxyUseFdpass ssh gets the socket itself: no relay
     process, and ssh's own IPQoS marks the packets as a direct connection's."""
     exe = shutil.which("stealth-connect") or str(Path(sys.argv[0]).resolve().with_name("stealth-connect"))
     if not Path(exe).exists():
         exe = "stealth-connect"
-    lines = [f"# stealth: knock with the profile imported for {hostname or host}", f"Host {host}"]
+    lines = [f"# stealth: knock with the profile imported as {profile}", f"Host {host}"]
     if hostname:
         lines.append(f"    HostName {hostname}")
     if user:
