@@ -107,6 +107,9 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int, suffix: str = "") -> 
     ]
     if table == "filter":
         return [*head, f"-A {ch} -m connmark --mark {mark} -j ACCEPT"]
+    # PREROUTING also sees traffic this host forwards (containers, a router): port 22 of other hosts is
+    # not ours to protect, so only packets for this host's own addresses go on
+    head.append(f"-A {ch} -m addrtype ! --dst-type LOCAL -j RETURN")
     queue = (f"-j NFQUEUE --queue-num {cfg.queue}" if cfg.workers == 1
              else f"-j NFQUEUE --queue-balance {cfg.queue_spec}")
     prefix = cfg.prefix_v4 if family == 4 else cfg.prefix_v6

@@ -12,6 +12,7 @@ EXPECTED_RESTORE = """\
 :STEALTH-50-out - [0:0]
 -A STEALTH-50 -p tcp -m multiport ! --dports 22,2222 -j RETURN
 -A STEALTH-50 -i lo -j RETURN
+-A STEALTH-50 -m addrtype ! --dst-type LOCAL -j RETURN
 -A STEALTH-50 -m mark --mark 0x10000000/0x10000000 -j CONNMARK --save-mark --nfmask 0x10000000 --ctmask 0x10000000
 -A STEALTH-50 -p tcp -m mark --mark 0x10000000/0x10000000 -j TPROXY --on-port 61050 --on-ip 127.0.0.1 --tproxy-mark 0x10000000/0x10000000
 -A STEALTH-50 -p tcp --syn -m connmark --mark 0x10000000/0x10000000 -j TPROXY --on-port 61050 --on-ip 127.0.0.1 --tproxy-mark 0x10000000/0x10000000
@@ -88,8 +89,10 @@ def test_fail_closed_invariants() -> None:
     assert len(queued) == 2 and all("-p tcp --syn " in ln for ln in queued)  # only bare SYNs
     # nothing but the daemon's mark (on the packet, or on the connection of a resent SYN) leads to TPROXY,
     # and only protected ports get this far
-    assert [ln for ln in rules if "TPROXY" in ln] == rules[3:5]
-    assert "-m mark --mark 0x10000000/" in rules[3] and "--syn -m connmark --mark 0x10000000/" in rules[4]
+    assert [ln for ln in rules if "TPROXY" in ln] == rules[4:6]
+    assert "-m mark --mark 0x10000000/" in rules[4] and "--syn -m connmark --mark 0x10000000/" in rules[5]
+    # traffic this host forwards is not touched: only its own addresses go on, before anything else
+    assert rules[2] == "-A STEALTH-50 -m addrtype ! --dst-type LOCAL -j RETURN"
     assert rules[0] == "-A STEALTH-50 -p tcp -m multiport ! --dports 22,2222 -j RETURN"
 
 
