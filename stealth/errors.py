@@ -1,7 +1,12 @@
 # Why: one typed error tree. A rejected packet is a value (see core.gate.Reason); a broken invariant
 # (bad config, key or state file; missing privilege) is one of these, and its str() is the one-line
-# message the CLI prints. Messages name the file and the fault, never a secret.
-from pathlib import Path
+# message the CLI prints. Messages name the file and the fault, never a secret. Imports nothing at run
+# time: stealth-connect loads it on every ssh login.
+from __future__ import annotations
+
+TYPE_CHECKING = False  # mypy treats this name as True; typing and pathlib cost ms at start
+if TYPE_CHECKING:
+    import os
 
 
 class StealthError(Exception):
@@ -11,7 +16,7 @@ class StealthError(Exception):
 class ConfigError(StealthError):
     """A config, key, profile or state file is missing, unsafe or malformed."""
 
-    def __init__(self, path: Path | str, fault: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], fault: str) -> None:
         self.path = str(path)
         self.fault = fault
         super().__init__(f"{self.path}: {fault}")

@@ -1,43 +1,68 @@
 # Why: a client profile is the one document both ends must read identically: the server writes it at
 # enrollment and stores the same fields in clients.jsonl; stealth-connect reads it. One (de)serializer
 # for both keeps the token binding (server id, ports, source-port mapping, source address) in sync.
-import base64
+# stealth-connect reads one on every ssh login: a Record rather than a dataclass (stealth/core/record.py),
+# binascii rather than base64 (which imports re), and ipaddress only for a profile bound to an address.
+from __future__ import annotations
+
 import binascii
-import ipaddress
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from stealth.constants import DEFAULT_WINDOW, KEY_BYTES, MAX_WINDOW
+from stealth.core.record import Record, set_field
 from stealth.core.secret import Secret
-from stealth.core.token import Binding, PortRange
+from stealth.core.token import LINUX_PORTS, Binding, PortRange
 from stealth.errors import ConfigError
 from stealth.store import Fields
 
+TYPE_CHECKING = False  # mypy treats this name as True; typing's import costs ~3.4 ms at start
 if TYPE_CHECKING:
+    import os
+    from typing import Any
+
     from stealth.core.table import ClientSpec
 
 PROFILE_FORMAT = "stealth-profile-v1"
 
 
-@dataclass(frozen=True)
-class Profile:
+def _packed_address(text: str) -> bytes:
+    import ipaddress  # only profiles bound to a source address need it
+
+    return ipaddress.ip_address(text).packed
+
+
+class Profile(Record):
+    __slots__ = ("bind_source", "key", "name", "port_bits", "port_range", "ports", "sealed", "server_id",
+                 "window")
+    _hidden = frozenset({"key"})
     name: str
     server_id: str
-    key: Secret = field(repr=False)
+    key: Secret
     ports: tuple[int, ...]
-    window: int = DEFAULT_WINDOW
-    port_bits: bool = True
-    port_range: PortRange = field(default_factory=PortRange)
-    bind_source: str | None = None
-    sealed: tuple[int, ...] = ()  # ports where the connection must open with the session key's proof
+    window: int
+    port_bits: bool
+    port_range: PortRange
+    bind_source: str | None
+    sealed: tuple[int, ...]  # ports where the connection must open with the session key's proof
+
+    def __init__(self, name: str, server_id: str, key: Secret, ports: tuple[int, ...],
+                 window: int = DEFAULT_WINDOW, port_bits: bool = True, port_range: PortRange = LINUX_PORTS,
+                 bind_source: str | None = None, sealed: tuple[int, ...] = ()) -> None:
+        set_field(self, "name", name)
+        set_field(self, "server_id", server_id)
+        set_field(self, "key", key)
+        set_field(self, "ports", ports)
+        set_field(self, "window", window)
+        set_field(self, "port_bits", port_bits)
+        set_field(self, "port_range", port_range)
+        set_field(self, "bind_source", bind_source)
+        set_field(self, "sealed", sealed)
 
     @property
     def binding(self) -> Binding:
-        source = ipaddress.ip_address(self.bind_source).packed if self.bind_source else None
+        source = _packed_address(self.bind_source) if self.bind_source else None
         return Binding(self.server_id, self.port_bits, self.port_range, source)
 
-    def spec(self) -> "ClientSpec":
+    def spec(self) -> ClientSpec:
         from stealth.core.table import ClientSpec  # the server's table; a knock never loads it
 
         return ClientSpec(self.name, self.key, self.binding, self.ports)
@@ -47,7 +72,7 @@ class Profile:
             "format": PROFILE_FORMAT,
             "name": self.name,
             "server_id": self.server_id,
-            "key": base64.b64encode(self.key.value).decode(),
+            "key": binascii.b2a_base64(self.key.value, newline=False).decode(),  # base64.b64encode
             "ports": list(self.ports),
             "window": self.window,
             "port_bits": self.port_bits,
@@ -62,12 +87,12 @@ class Profile:
         return doc
 
     @classmethod
-    def from_doc(cls, path: Path | str, doc: Any, where: str = "") -> "Profile":
+    def from_doc(cls, path: str | os.PathLike[str], doc: Any, where: str = "") -> Profile:
         f = Fields(path, doc, where)
         if f.text("format", PROFILE_FORMAT) != PROFILE_FORMAT:
             raise f.fault("format", "unsupported profile format")
-        try:
-            raw = base64.b64decode(f.text("key"), validate=True)
+        try:  # what base64.b64decode(key, validate=True) does; a non-ASCII key: UnicodeEncodeError
+            raw = binascii.a2b_base64(f.text("key").encode("ascii"), strict_mode=True)
         except (binascii.Error, ValueError):
             raise f.fault("key", "not valid base64") from None
         if len(raw) != KEY_BYTES:
@@ -75,7 +100,7 @@ class Profile:
         source = f.text("bind_source", "") or None
         if source is not None:
             try:
-                ipaddress.ip_address(source)
+                _packed_address(source)
             except ValueError:
                 raise f.fault("bind_source", "not an IP address") from None
         try:

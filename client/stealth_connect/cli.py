@@ -1,17 +1,26 @@
-# Why: `stealth-connect HOST PORT`, the ProxyCommand. argparse rather than click here: ssh starts this
-# on every login and click's import alone costs ~25 ms; the admin CLI (`stealth`) uses click. Ports the
-# profile does not cover are connected to plainly, so one ssh Host block serves every port of a host.
-import argparse
+# Why: `stealth-connect HOST PORT`, the ProxyCommand. ssh starts it on every login, so its start time is
+# every login's: click's import alone costs ~25 ms, argparse's ~3 ms. The command line ssh writes (HOST
+# PORT with exact options) is read by parse_fast; anything else (-h, --version, abbreviations, a value
+# that looks like an option, a bad number, a missing or extra argument) goes to the argparse parser,
+# which says the same as it always did. Ports the profile does not cover are connected to plainly, so
+# one ssh Host block serves every port of a host.
+from __future__ import annotations
+
 import sys
-from pathlib import Path
 
 from stealth.constants import DEFAULT_CONNECT_TIMEOUT_SECONDS
 from stealth.errors import StealthError
+
+TYPE_CHECKING = False  # mypy treats this name as True; typing's import costs ~3.4 ms at start
+if TYPE_CHECKING:
+    import argparse
 
 USAGE_EXAMPLE = "ssh -o ProxyCommand='stealth-connect --name %n %h %p' HOST"
 
 
 def parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="stealth-connect",
         description=f"Knock with the kernel's own SYN and connect. Use as: {USAGE_EXAMPLE} "
@@ -21,8 +30,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("port", type=int)
     p.add_argument("--name", help="the name typed (ssh's %%n, e.g. a Host alias): its profile is used "
                    "first, then HOST's")
-    p.add_argument("--profile", type=Path, help="profile file (default: the one imported for NAME or HOST)")
-    p.add_argument("--state-dir", type=Path, help="client state directory")
+    p.add_argument("--profile", help="profile file (default: the one imported for NAME or HOST)")
+    p.add_argument("--state-dir", help="client state directory")
     p.add_argument("--fdpass", action="store_true", help="pass the socket to ssh (ProxyUseFdpass yes)")
     p.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 addresses only")
     p.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 addresses only")
@@ -40,12 +49,81 @@ def _version() -> str:
     return __version__
 
 
+class Options:
+    """The parsed command line: parser()'s namespace, whichever parser read it."""
+
+    def __init__(self, host: str, port: int, name: str | None = None, profile: str | None = None,
+                 state_dir: str | None = None, fdpass: bool = False, family: int | None = None,
+                 timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS, retries: int = 0) -> None:
+        self.host, self.port, self.name, self.profile, self.state_dir = host, port, name, profile, state_dir
+        self.fdpass, self.family, self.timeout, self.retries = fdpass, family, timeout, retries
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Options) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Options({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+_FLAGS = {"--fdpass": ("fdpass", True), "-4": ("family", 4), "-6": ("family", 6)}
+_VALUED: dict[str, tuple[str, type[str] | type[int] | type[float]]] = {
+    "--name": ("name", str), "--profile": ("profile", str), "--state-dir": ("state_dir", str),
+    "--timeout": ("timeout", float), "--retries": ("retries", int),
+}
+
+
+def parse_fast(argv: list[str]) -> Options | None:
+    """What parser() makes of `argv`, for exactly spelled options whose values do not start with "-",
+    and exactly two positional arguments with an integer port; None for anything else."""
+    values: dict[str, object] = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-"):
+            positional.append(arg)
+            continue
+        option, eq, value = arg.partition("=")
+        if option in _FLAGS and not eq:
+            dest, const = _FLAGS[option]
+            values[dest] = const
+            continue
+        if option not in _VALUED:
+            return None
+        if not eq:
+            if i == len(argv):
+                return None
+            value = argv[i]
+            i += 1
+        if value.startswith("-"):
+            return None
+        dest, kind = _VALUED[option]
+        try:
+            values[dest] = kind(value)
+        except ValueError:
+            return None
+    if len(positional) != 2:
+        return None
+    try:
+        port = int(positional[1])
+    except ValueError:
+        return None
+    return Options(positional[0], port, **values)  # type: ignore[arg-type]
+
+
+def parse(argv: list[str]) -> Options:
+    """parse_fast, else argparse (which prints help, the version or the error, and exits)."""
+    fast = parse_fast(argv)
+    return fast if fast is not None else Options(**vars(parser().parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     import socket
 
     from stealth_connect.connect import ACCEPTED_BUT_RESET, connect, plain_connect
-    from stealth_connect.profiles import ClientStore, load_profile
+    from stealth_connect.profiles import ClientStore, clean_path, load_profile
     from stealth_connect.relay import pass_fd, relay
 
     family = {None: 0, 4: socket.AF_INET, 6: socket.AF_INET6}[args.family]
@@ -53,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.port < 65536 or args.timeout <= 0:
             raise StealthError("port must be 1..65535 and timeout > 0")
         store = ClientStore(args.state_dir)
-        profile = load_profile(args.profile or store.find(args.host, args.name))
+        profile = load_profile(clean_path(args.profile) if args.profile is not None
+                               else store.locate(args.host, args.name))
         if args.port in profile.ports:
             sock, _session_key = connect(
                 args.host, args.port, profile, timeout=args.timeout, store=store, family=family,

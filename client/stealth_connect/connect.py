@@ -4,13 +4,13 @@
 # taken once a SYN can really leave with it (privilege, a free source port and a tuple the kernel will
 # not rewrite come first). A client that may have fallen past the server's window knocks with the
 # recovery token of the current time slot instead, and gets back in by itself. Each failure says which
-# case it was: no answer at all, or an RST from the host.
+# case it was: no answer at all, or an RST from the host. Records, not dataclasses, and paths as strings:
+# ssh starts this on every login (stealth/core/record.py says why).
+from __future__ import annotations
+
 import errno
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from stealth.constants import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
@@ -20,16 +20,23 @@ from stealth.constants import (
     RECOVERY_SLOT_SECONDS,
     RECOVERY_SLOT_SKEW,
 )
+from stealth.core.record import Record, set_field
 from stealth.core.recovery import recovery_base, recovery_counter, slot_of
 from stealth.core.secret import Secret
 from stealth.core.token import Knock, derive
 from stealth.errors import ClientError
 from stealth.profile import Profile
 from stealth_connect.counter import CounterState, claim, mark_pending, record_recovery, record_refused
-from stealth_connect.profiles import ClientStore, load_profile, read_counter, record_success
+from stealth_connect.profiles import ClientStore, clean_path, load_profile, read_counter, record_success
 from stealth_connect.seal import prove
 from stealth_connect.syn import PortBusy, bind_source_port, tuple_in_use
 from stealth_connect.synsource import SynSource, open_syn_source
+
+TYPE_CHECKING = False  # mypy treats this name as True; typing's import costs ~3.4 ms at start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stealth.store import StrPath
 
 MAX_BUSY_PORT_SKIPS = 8
 # Counters used without an answer before the next run knocks with the recovery token instead: each of
@@ -43,20 +50,38 @@ BUSY_MESSAGE = ("the source ports of this profile's next knocks are all in use o
 Address = tuple[str, int] | tuple[str, int, int, int]
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(Record):
     """A knock ready to go: its socket (ISN and source port set), its token, and what kind it is."""
 
+    __slots__ = ("kind", "knock", "slot", "sock")
     sock: socket.socket
     knock: Knock
     kind: str  # "again" (the pending knock), "new" (a fresh counter) or "recovery"
-    slot: int = 0  # for a recovery knock
+    slot: int  # for a recovery knock
+
+    def __init__(self, sock: socket.socket, knock: Knock, kind: str, slot: int = 0) -> None:
+        set_field(self, "sock", sock)
+        set_field(self, "knock", knock)
+        set_field(self, "kind", kind)
+        set_field(self, "slot", slot)
+
+
+def _idna_free(host: str) -> str | bytes:
+    """What getaddrinfo is given for `host`. It encodes every str with the "idna" codec, whose import
+    loads re, stringprep and unicodedata (+3.5 ms of every login); for an ASCII name that codec only
+    checks label lengths and returns the same bytes, so such a name goes as those bytes. Any other name
+    goes as it is, and the codec says what it always said."""
+    if host.isascii():
+        labels = host.split(".")
+        if all(0 < len(label) < 64 for label in labels[:-1]) and len(labels[-1]) < 64:
+            return host.encode("ascii")
+    return host
 
 
 def resolve(host: str, port: int, family: int = 0) -> list[tuple[int, Address]]:
     """Every address of `host`, in getaddrinfo's order (family 0: both, or AF_INET / AF_INET6)."""
     try:
-        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(_idna_free(host), port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except socket.gaierror as e:
         raise ClientError(f"cannot resolve {host!r}: {e.strerror}") from None
     out: list[tuple[int, Address]] = []
@@ -84,20 +109,26 @@ def plain_connect(host: str, port: int, family: int, timeout: float) -> socket.s
     raise ClientError(f"cannot connect to {host}:{port}: {last}")
 
 
-@dataclass(frozen=True)
-class Settled:
+class Settled(Record):
     """How the knocks towards one address ended: the last attempt, its outcome, the RSTs before it."""
 
+    __slots__ = ("attempt", "detail", "outcome", "refusals")
     attempt: Attempt | None  # None: no knock could leave (all source ports busy)
     outcome: str  # connected, reset, refused, silent, busy or unreachable
-    refusals: int = 0
-    detail: str = ""  # the kernel's words for "unreachable"
+    refusals: int
+    detail: str  # the kernel's words for "unreachable"
+
+    def __init__(self, attempt: Attempt | None, outcome: str, refusals: int = 0, detail: str = "") -> None:
+        set_field(self, "attempt", attempt)
+        set_field(self, "outcome", outcome)
+        set_field(self, "refusals", refusals)
+        set_field(self, "detail", detail)
 
 
 def connect(
     host: str,
     port: int,
-    profile: Profile | Path | str | None = None,
+    profile: Profile | StrPath | None = None,
     *,
     timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
     store: ClientStore | None = None,
@@ -119,11 +150,11 @@ def connect(
     if isinstance(profile, Profile):
         prof = profile
     else:
-        prof = load_profile(Path(profile) if profile is not None else store.find(host))
+        prof = load_profile(clean_path(profile) if profile is not None else store.locate(host))
     if port not in prof.ports:
         raise ClientError(f"the profile for {host} ({prof.name}) does not cover port {port} (it covers "
                           f"{','.join(map(str, prof.ports))})")
-    counter_path = store.counter_path(prof)
+    counter_path = store.counter_file(prof)
     addresses = resolve(host, port, family)
     state = read_counter(counter_path)
     own_source = source is None
@@ -140,7 +171,7 @@ def connect(
     return _finish(host, port, prof, counter_path, state, settled, timeout, notify, clock)
 
 
-def _finish(host: str, port: int, prof: Profile, counter_path: Path, before: CounterState, settled: Settled,
+def _finish(host: str, port: int, prof: Profile, counter_path: str, before: CounterState, settled: Settled,
             timeout: float, notify: Callable[[str], None] | None,
             clock: Callable[[], float]) -> tuple[socket.socket, Secret]:
     """Record what the last address's knocks did and return the connection, or the one-line error."""
@@ -166,7 +197,7 @@ def _finish(host: str, port: int, prof: Profile, counter_path: Path, before: Cou
     return attempt.sock, attempt.knock.session_key
 
 
-def _settle(prof: Profile, port: int, family: int, addr: Address, counter_path: Path, source: SynSource,
+def _settle(prof: Profile, port: int, family: int, addr: Address, counter_path: str, source: SynSource,
             timeout: float, clock: Callable[[], float]) -> Settled:
     """Knock on one address: the first knock that can leave, then what follows each RST."""
     first = _prepare(prof, port, family, addr, counter_path, source,
@@ -176,7 +207,7 @@ def _settle(prof: Profile, port: int, family: int, addr: Address, counter_path: 
     return _knock_until_settled(prof, port, family, addr, counter_path, source, first, timeout, clock)
 
 
-def _knock_until_settled(prof: Profile, port: int, family: int, addr: Address, counter_path: Path,
+def _knock_until_settled(prof: Profile, port: int, family: int, addr: Address, counter_path: str,
                          source: SynSource, attempt: Attempt, timeout: float,
                          clock: Callable[[], float]) -> Settled:
     """Send `attempt`; after an RST (or a tuple taken meanwhile) send what follows from it, each knock
@@ -269,7 +300,7 @@ def _after_refusal(prof: Profile, refused: Attempt, state: CounterState, now: fl
     return [("new", base + 1)] if state.last_used <= base else []
 
 
-def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path: Path, source: SynSource,
+def _prepare(prof: Profile, port: int, family: int, addr: Address, counter_path: str, source: SynSource,
              candidates: list[tuple[str, int]], now: float) -> Attempt | None:
     """The first candidate whose SYN can leave: its port free and its tuple not in use here (another
     run's knock, a connection, TIME_WAIT), then (for a counter) claimed durably. Nothing is spent on a

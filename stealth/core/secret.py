@@ -1,19 +1,23 @@
-# Why: keys and session keys travel through dataclasses, logs and tracebacks; wrapping them keeps
-# them out of every repr and str by construction, instead of by each caller's care.
-from dataclasses import dataclass, field
+# Why: keys and session keys travel through records, logs and tracebacks; wrapping them keeps them out of
+# every repr and str by construction, instead of by each caller's care. A Record, not a dataclass: the
+# client imports this on every ssh login (stealth/core/record.py says why).
+from __future__ import annotations
 
 from stealth.constants import KEY_BYTES
+from stealth.core.record import Record, set_field
 
 
-@dataclass(frozen=True)
-class Secret:
+class Secret(Record):
     """Opaque secret bytes. repr and str never show the value."""
 
-    value: bytes = field(repr=False)
+    __slots__ = ("value",)
+    _hidden = frozenset({"value"})
+    value: bytes
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.value, bytes):
+    def __init__(self, value: bytes) -> None:
+        if not isinstance(value, bytes):
             raise TypeError("Secret holds bytes")
+        set_field(self, "value", value)
 
     def __repr__(self) -> str:
         return f"Secret(<{len(self.value)} bytes hidden>)"

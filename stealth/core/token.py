@@ -1,14 +1,15 @@
 # Why: the token is the whole protocol. This module derives it (and the session key) from a client key,
 # the server id, the destination port, the counter and optionally the client's source address, and maps
 # it onto the two fields the kernel's own SYN lets a client choose: the ISN and the source port.
-# Specified with known-answer vectors in docs/PROTOCOL.md; BLAKE2b here is hashlib's (the same function
-# PyNaCl's nacl.hash.blake2b computes; tests check both agree) because the client imports this module on
-# every ssh login and hashlib costs no import time.
-import hashlib
+# Specified with known-answer vectors in docs/PROTOCOL.md; BLAKE2b here is the standard library's (the
+# same function PyNaCl's nacl.hash.blake2b computes; tests check both agree) because the client imports
+# this module on every ssh login. It is taken from _blake2, the module hashlib.blake2b comes from:
+# `import hashlib` also loads OpenSSL's _hashlib, +2.5 ms of stealth-connect's start on the test VM.
+# Records rather than dataclasses for the same reason (stealth/core/record.py).
+from __future__ import annotations
+
 import math
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from stealth.constants import (
     COUNTER_MAX,
@@ -23,20 +24,34 @@ from stealth.constants import (
     TOKEN_DIGEST_BYTES,
     TOKEN_PERSON,
 )
+from stealth.core.record import Record, set_field
 from stealth.core.secret import Secret
+
+try:
+    from _blake2 import blake2b  # hashlib.blake2b is this very function
+except ImportError:  # pragma: no cover -- an interpreter built without it
+    from hashlib import blake2b
+
+TYPE_CHECKING = False  # typing's import costs ~3.4 ms at start; mypy treats this name as True
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_SERVER_ID_BYTES = 255
 
 
-@dataclass(frozen=True)
-class PortRange:
+class PortRange(Record):
     """The source ports a client OS's connect() picks from: low, low+step, ..., <= high."""
 
-    low: int = DEFAULT_PORT_LOW
-    high: int = DEFAULT_PORT_HIGH
-    step: int = DEFAULT_PORT_STEP
+    __slots__ = ("high", "low", "step")
+    low: int
+    high: int
+    step: int
 
-    def __post_init__(self) -> None:
+    def __init__(self, low: int = DEFAULT_PORT_LOW, high: int = DEFAULT_PORT_HIGH,
+                 step: int = DEFAULT_PORT_STEP) -> None:
+        set_field(self, "low", low)
+        set_field(self, "high", high)
+        set_field(self, "step", step)
         if not (1 <= self.low <= self.high <= 65535) or not (1 <= self.step <= 2):
             raise ValueError(f"bad source-port range {self.low}-{self.high} step {self.step}")
 
@@ -52,16 +67,24 @@ class PortRange:
         return self.low + self.step * (value % self.count)
 
 
-@dataclass(frozen=True)
-class Binding:
+LINUX_PORTS = PortRange()  # the default (immutable, so one instance serves every Binding)
+
+
+class Binding(Record):
     """What a token is bound to, beyond the key and counter."""
 
+    __slots__ = ("port_bits", "ports", "server_id", "source")
     server_id: str
-    port_bits: bool = True
-    ports: PortRange = field(default_factory=PortRange)
-    source: bytes | None = None  # packed IPv4/IPv6 address when source binding is on
+    port_bits: bool
+    ports: PortRange
+    source: bytes | None  # packed IPv4/IPv6 address when source binding is on
 
-    def __post_init__(self) -> None:
+    def __init__(self, server_id: str, port_bits: bool = True, ports: PortRange = LINUX_PORTS,
+                 source: bytes | None = None) -> None:
+        set_field(self, "server_id", server_id)
+        set_field(self, "port_bits", port_bits)
+        set_field(self, "ports", ports)
+        set_field(self, "source", source)
         sid = self.server_id.encode()
         if not sid or len(sid) > MAX_SERVER_ID_BYTES:
             raise ValueError("server id must be 1..255 bytes of UTF-8")
@@ -69,15 +92,23 @@ class Binding:
             raise ValueError("a bound source address is 4 or 16 bytes")
 
 
-@dataclass(frozen=True)
-class Knock:
+class Knock(Record):
     """What one counter value means on the wire, plus the session key both ends derive."""
 
+    __slots__ = ("counter", "dport", "isn", "session_key", "sport")
+    _hidden = frozenset({"session_key"})
     counter: int
     dport: int
     isn: int
     sport: int | None  # None: the client leaves the source port to its kernel (NAT mode)
-    session_key: Secret = field(repr=False)
+    session_key: Secret
+
+    def __init__(self, counter: int, dport: int, isn: int, sport: int | None, session_key: Secret) -> None:
+        set_field(self, "counter", counter)
+        set_field(self, "dport", dport)
+        set_field(self, "isn", isn)
+        set_field(self, "sport", sport)
+        set_field(self, "session_key", session_key)
 
 
 def token_input(binding: Binding, dport: int, counter: int) -> bytes:
@@ -97,7 +128,7 @@ def token_input(binding: Binding, dport: int, counter: int) -> bytes:
 
 
 def mac(key: Secret, person: bytes, data: bytes, size: int) -> bytes:
-    return hashlib.blake2b(data, digest_size=size, key=key.value, person=person).digest()
+    return blake2b(data, digest_size=size, key=key.value, person=person).digest()
 
 
 def key_id(key: Secret) -> str:
@@ -112,13 +143,13 @@ def wire(key: Secret, binding: Binding, dport: int, counter: int) -> tuple[int, 
     return 1 + word0 % ISN_MODULUS, binding.ports.port(word1) if binding.port_bits else None
 
 
-def wire_series(key: Secret, binding: Binding, dport: int) -> "Callable[[int], tuple[int, int | None]]":
+def wire_series(key: Secret, binding: Binding, dport: int) -> Callable[[int], tuple[int, int | None]]:
     """wire() for one (key, binding, dport) and many counters: the keyed BLAKE2b state over the input's
     fixed prefix is computed once and copied per counter (incremental hashing gives the same digest).
     This is what lets the server precompute millions of tokens at start."""
     prefix = token_input(binding, dport, 0)
     at = len(prefix) - 9 - len(binding.source or b"")  # offset of the 8-byte counter
-    base = hashlib.blake2b(prefix[:at], digest_size=TOKEN_DIGEST_BYTES, key=key.value, person=TOKEN_PERSON)
+    base = blake2b(prefix[:at], digest_size=TOKEN_DIGEST_BYTES, key=key.value, person=TOKEN_PERSON)
     suffix = prefix[at + 8 :]
     pack, unpack = struct.Struct("!Q").pack, struct.Struct("!II").unpack_from
     low, step, count = binding.ports.low, binding.ports.step, binding.ports.count
