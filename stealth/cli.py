@@ -1,6 +1,9 @@
 # Why: the server's command line (`stealth server …`, `stealth inspect`). Commands parse options, call the
 # library and map every StealthError to one line on stderr and exit status 1; they hold no logic of their
 # own. Names are a public interface. The `stealth` command itself is stealth_cli, which loads this lazily.
+# No command needs a flag to find the server: --state-dir and --config-dir override the standard layout
+# (server_state.resolve_layout: /etc/stealth, /var/lib/stealth, or what the environment names).
+import functools
 import ipaddress
 import json
 import logging
@@ -24,15 +27,31 @@ from stealth.constants import (
 )
 from stealth.core.token import PortRange, token_bits
 from stealth.errors import ConfigError, StealthError
+from stealth.profile import Profile
 from stealth.server_state import UNAUTH_CHOICES, ServerConfig, ServerState
 
 F = TypeVar("F", bound=Callable[..., Any])
+STDOUT = Path("-")
 
 
-state_dir_option = click.option(
-    "--state-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-    help="The server's state directory.",
-)
+def with_state(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--state-dir and --config-dir, both optional, passed on as `state` (a ServerState where they, the
+    environment or the defaults put the server's files)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, state_dir: Path | None, config_dir: Path | None, **kwargs: Any) -> Any:
+        return fn(*args, state=ServerState.locate(state_dir, config_dir), **kwargs)
+
+    command = click.option(
+        "--config-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+        help="Where server.toml lives [default: $STEALTH_CONFIG_DIR, $CONFIGURATION_DIRECTORY, or the state "
+        "directory if only that is named, or /etc/stealth].",
+    )(reports_errors(wrapper))
+    return click.option(
+        "--state-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+        help="The server's state directory [default: $STEALTH_STATE_DIR, $STATE_DIRECTORY, "
+        "/var/lib/stealth].",
+    )(command)
 
 
 def parse_ports(value: str) -> tuple[int, ...]:
@@ -45,8 +64,8 @@ def parse_ports(value: str) -> tuple[int, ...]:
     return ports
 
 
-def ports_callback(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    return parse_ports(value)
+def ports_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    return None if value is None else parse_ports(value)
 
 
 def backends_callback(ctx: click.Context, param: click.Parameter,
@@ -69,7 +88,7 @@ def server() -> None:
 
 
 @server.command()
-@state_dir_option
+@with_state
 @click.option("--server-id", required=True, help="This server's identity, bound into every token.")
 @click.option("--ports", default="22", callback=ports_callback, show_default=True,
               help="Protected TCP ports.")
@@ -93,16 +112,18 @@ def server() -> None:
 @click.option("--seal-deadline-ms", default=DEFAULT_SEAL_DEADLINE_MS, show_default=True,
               type=click.IntRange(100, 600_000), help="How long a sealed connection may take to prove it.")
 @reports_errors
-def init(state_dir: Path, server_id: str, ports: tuple[int, ...], window: int, queue: int, unauth: str,
+def init(state: ServerState, server_id: str, ports: tuple[int, ...], window: int, queue: int, unauth: str,
          syn_rate: int, backends: tuple[tuple[int, Backend], ...], seals: tuple[tuple[int, Backend], ...],
          seal_deadline_ms: int) -> None:
-    """Create a server state directory. The services behind protected ports must listen on loopback
-    (or a Unix socket): stealth hands them the connections whose knock it accepted."""
+    """Create the server's config (server.toml) and state directory. The services behind protected
+    ports must listen on loopback (or a Unix socket): stealth hands them the connections whose knock it
+    accepted."""
     config = ServerConfig(server_id, ports, window, queue, unauth=unauth, syn_rate_per_second=syn_rate,
                           syn_burst=2 * syn_rate, backends=tuple(sorted(dict([*backends, *seals]).items())),
                           sealed=tuple(sorted(p for p, _ in seals)), seal_deadline_ms=seal_deadline_ms)
-    ServerState(state_dir).init(config)
-    click.echo(f"initialised {state_dir} (server id {server_id!r}, ports {','.join(map(str, ports))})")
+    state.init(config)
+    click.echo(f"initialised {state.config_path} and {state.dir} (server id {server_id!r}, ports "
+               f"{','.join(map(str, ports))})")
     for port in ports:
         sealed = " once they prove the session key (sealed)" if port in config.sealed else ""
         click.echo(f"  port {port}: accepted connections go to {config.backend(port)}{sealed}")
@@ -129,62 +150,91 @@ def parse_port_range(port_range: str, port_step: int) -> PortRange:
 
 @server.command("add-client")
 @click.argument("name")
-@click.option("--ports", required=True, callback=ports_callback, help="Ports this client may knock on.")
-@state_dir_option
-@click.option("--profile-out", required=True, type=click.Path(path_type=Path),
-              help="Where to write the client's profile (mode 0600); with --devices, a directory for "
-              "NAME@DEVICE.toml each. Hand them over privately.")
+@click.option("--ports", default=None, callback=ports_callback,
+              help="Ports this client may knock on [default: every port the server protects].")
+@with_state
+@click.option("--profile-out", required=True, type=click.Path(path_type=Path, allow_dash=True),
+              help="Where to write the client's profile (mode 0600), or '-' for standard output; with "
+              "--devices, a directory for NAME@DEVICE.toml each. Hand them over privately.")
 @click.option("--devices", default=None, metavar="DEVICE,DEVICE",
               help="One person, several devices: enroll NAME@DEVICE for each, every one with its own key "
               "and counters (two devices sharing one profile push each other out of the window).")
 @click.option("--bind-source", default=None, help="Bind tokens to this client source address.")
 @source_port_options
 @reports_errors
-def add_client(name: str, ports: tuple[int, ...], state_dir: Path, profile_out: Path, devices: str | None,
-               no_port_bits: bool, bind_source: str | None, port_range: str, port_step: int) -> None:
+def add_client(name: str, ports: tuple[int, ...] | None, state: ServerState, profile_out: Path,
+               devices: str | None, no_port_bits: bool, bind_source: str | None, port_range: str,
+               port_step: int) -> None:
     """Enroll a client: a fresh random key, written to its profile."""
-    from stealth.store import ensure_dir, write_toml
-
     prange = parse_port_range(port_range, port_step)
     try:
         if bind_source:
             ipaddress.ip_address(bind_source)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    state = ServerState(state_dir)
-    if devices is not None:
+    names, outs = profile_targets(name, devices, profile_out)
+    ports = ports or state.load_config().ports
+    profiles = state.add_clients(names, ports, not no_port_bits, bind_source, prange)
+    try:
+        for profile, out in zip(profiles, outs, strict=True):
+            write_profile(profile, out)
+    except StealthError:
+        state.revoke(*names)
+        raise
+    for profile, out in zip(profiles, outs, strict=True):
+        where = "standard output" if out == STDOUT else str(out)
+        click.echo(f"enrolled {profile.name!r} for ports {','.join(map(str, profile.ports))}; profile "
+                   f"written to {where} (token {token_bits(profile.binding):.1f} bits)", err=out == STDOUT)
+
+
+def profile_targets(name: str, devices: str | None, profile_out: Path) -> tuple[list[str], list[Path]]:
+    """The clients to enroll and where each one's profile goes (never over an existing file)."""
+    from stealth.store import ensure_dir
+
+    if devices is None:
+        names, outs = [name], [profile_out]
+    else:
+        if profile_out == STDOUT:
+            raise StealthError("--profile-out -: with --devices each device gets a profile of its own; "
+                               "name a directory for them")
         names = [f"{name}@{d.strip()}" for d in devices.split(",") if d.strip()]
         if not names:
             raise click.BadParameter("expected device names, e.g. laptop,desktop", param_hint="--devices")
         ensure_dir(profile_out)
         outs = [profile_out / f"{n}.toml" for n in names]
-    else:
-        names, outs = [name], [profile_out]
-    taken = [out for out in outs if out.exists()]
+    taken = [out for out in outs if out != STDOUT and out.exists()]
     if taken:
         raise ConfigError(taken[0], "already exists; refusing to overwrite a profile")
-    profiles = state.add_clients(names, ports, not no_port_bits, bind_source, prange)
+    return names, outs
+
+
+def write_profile(profile: Profile, out: Path) -> None:
+    """A profile to its file (0600, atomically), or to standard output for '-'."""
+    from stealth.store import write_toml
+
+    if out != STDOUT:
+        write_toml(out, profile.to_doc())
+        return
+    import tomli_w
+
     try:
-        for profile, out in zip(profiles, outs, strict=True):
-            write_toml(out, profile.to_doc())
-    except StealthError:
-        state.revoke(*names)
-        raise
-    for profile, out in zip(profiles, outs, strict=True):
-        click.echo(f"enrolled {profile.name!r} for ports {','.join(map(str, profile.ports))}; profile "
-                   f"written to {out} (token {token_bits(profile.binding):.1f} bits)")
+        sys.stdout.write(tomli_w.dumps(profile.to_doc()))
+        sys.stdout.flush()
+    except OSError as e:
+        raise StealthError(f"cannot write the profile to standard output: {e.strerror}") from None
 
 
 @server.command("add-clients")
 @click.option("--names-from", required=True, type=click.File("r"),
               help="A file with one client name per line ('-' for stdin).")
-@click.option("--ports", required=True, callback=ports_callback, help="Ports these clients may knock on.")
-@state_dir_option
+@click.option("--ports", default=None, callback=ports_callback,
+              help="Ports these clients may knock on [default: every port the server protects].")
+@with_state
 @click.option("--profiles-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the profiles, NAME.toml each (mode 0600). Hand them over privately.")
 @source_port_options
 @reports_errors
-def add_clients(names_from: TextIO, ports: tuple[int, ...], state_dir: Path, profiles_dir: Path,
+def add_clients(names_from: TextIO, ports: tuple[int, ...] | None, state: ServerState, profiles_dir: Path,
                 no_port_bits: bool, port_range: str, port_step: int) -> None:
     """Enroll many clients at once (one rewrite of clients.jsonl, not one per client)."""
     from stealth.store import ensure_dir, write_toml
@@ -195,7 +245,7 @@ def add_clients(names_from: TextIO, ports: tuple[int, ...], state_dir: Path, pro
     if taken:
         raise ConfigError(profiles_dir / f"{taken[0]}.toml", "already exists; refusing to overwrite profiles")
     prange = parse_port_range(port_range, port_step)
-    state = ServerState(state_dir)
+    ports = ports or state.load_config().ports
     profiles = state.add_clients(names, ports, not no_port_bits, None, prange)
     try:
         for profile in profiles:
@@ -209,11 +259,11 @@ def add_clients(names_from: TextIO, ports: tuple[int, ...], state_dir: Path, pro
 
 @server.command()
 @click.argument("name")
-@state_dir_option
+@with_state
 @reports_errors
-def revoke(name: str, state_dir: Path) -> None:
+def revoke(name: str, state: ServerState) -> None:
     """Revoke a client. A running server drops its knocks within ~2 s, no restart."""
-    ServerState(state_dir).revoke(name)
+    state.revoke(name)
     click.echo(f"revoked {name!r}")
 
 
@@ -221,16 +271,16 @@ def revoke(name: str, state_dir: Path) -> None:
 @click.argument("name")
 @click.option("--counter", required=True, type=click.IntRange(0, (1 << 64) - 1),
               help="The client's last used counter, as its error message reports.")
-@state_dir_option
+@with_state
 @reports_errors
-def resync(name: str, counter: int, state_dir: Path) -> None:
+def resync(name: str, counter: int, state: ServerState) -> None:
     """Move a client's window forward after it lost more than W knocks. Never moves it back."""
-    ServerState(state_dir).resync(name, counter)
+    state.resync(name, counter)
     click.echo(f"{name!r}: counters after {counter} are accepted")
 
 
 @server.command()
-@state_dir_option
+@with_state
 @click.option("--queue", default=None, type=click.IntRange(0, 65535),
               help="NFQUEUE number (default: server.toml).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -239,7 +289,7 @@ def resync(name: str, counter: int, state_dir: Path) -> None:
               help="Accepted for old units; the rules always stay in place on exit now.")
 @click.option("-v", "--verbose", count=True, help="-v: debug logging.")
 @reports_errors
-def run(state_dir: Path, queue: int | None, workers: int, keep_rules_on_exit: bool, verbose: int) -> None:
+def run(state: ServerState, queue: int | None, workers: int, keep_rules_on_exit: bool, verbose: int) -> None:
     """Run the server in the foreground. Prints one 'ready' line once its rules are in place. The rules
     stay when it stops, however it stops, so protected ports stay closed; to take them out, stop the
     server and run 'stealth server rules remove'."""
@@ -248,7 +298,7 @@ def run(state_dir: Path, queue: int | None, workers: int, keep_rules_on_exit: bo
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="stealth: %(message)s", stream=sys.stderr
     )
-    srv = Server(ServerState(state_dir), queue, workers)
+    srv = Server(state, queue, workers)
 
     def ready(line: str) -> None:
         click.echo(f"stealth: {line}")
@@ -263,17 +313,17 @@ def rules() -> None:
 
 
 @rules.command("apply")
-@state_dir_option
+@with_state
 @click.option("--confirm-within", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
               help="Seconds to wait for confirmation before rolling back.")
 @click.option("--queue", default=None, type=click.IntRange(0, 65535),
               help="NFQUEUE number (default: server.toml).")
 @reports_errors
-def rules_apply(state_dir: Path, confirm_within: float, queue: int | None) -> None:
+def rules_apply(state: ServerState, confirm_within: float, queue: int | None) -> None:
     """Install the rules server.toml describes now; roll back unless confirmed in time."""
     from stealth.rules_apply import apply_with_rollback
 
-    if apply_with_rollback(ServerState(state_dir), confirm_within, queue, click.echo):
+    if apply_with_rollback(state, confirm_within, queue, click.echo):
         click.echo("confirmed: the new rules stay")
         return
     click.echo(f"stealth: not confirmed within {confirm_within:g} s: the previous rules are back", err=True)
@@ -281,86 +331,57 @@ def rules_apply(state_dir: Path, confirm_within: float, queue: int | None) -> No
 
 
 @rules.command("remove")
-@state_dir_option
+@with_state
 @reports_errors
-def rules_remove(state_dir: Path) -> None:
+def rules_remove(state: ServerState) -> None:
     """Take every stealth rule out (for uninstall). Refused while the server runs. Afterwards knocks no
     longer reach the services behind the protected ports: they listen on loopback only."""
     from stealth.rules_apply import remove_rules
 
-    for line in remove_rules(ServerState(state_dir)):
+    for line in remove_rules(state):
         click.echo(line)
 
 
 @rules.command("confirm")
-@state_dir_option
+@with_state
 @reports_errors
-def rules_confirm(state_dir: Path) -> None:
+def rules_confirm(state: ServerState) -> None:
     """Confirm a pending 'rules apply' (run it from a new session to prove you still get in)."""
     from stealth.rules_apply import confirm
 
-    confirm(ServerState(state_dir))
+    confirm(state)
     click.echo("confirmed")
 
 
-DAEMON_STATES = {
-    "running": "running",
-    "stopped": "stopped (its rules stay in place: the protected ports are closed to everyone)",
-    "dead": "dead: killed or crashed without stopping (its rules stay in place: the protected ports are "
-            "closed to everyone, knocks included, until it runs again)",
-    "stalled": "not answering: its status is more than a few seconds old",
-}
-
-
 @server.command()
-@state_dir_option
+@with_state
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object, with the fields of the text (times also as unix seconds).")
 @reports_errors
-def status(state_dir: Path) -> None:
-    """Show enrolled clients, their counters and the running server's drop counts by reason."""
-    state = ServerState(state_dir)
-    config = state.load_config()
-    clients = state.load_clients()
-    counters = state.load_counters()
-    click.echo(f"server id: {config.server_id}")
-    click.echo(f"ports: {','.join(map(str, config.ports))}  window: {config.window}  queue: {config.queue}  "
-               f"unauth: {config.unauth}  syn rate: {config.syn_rate_per_second}/s per prefix")
-    for port in config.ports:
-        sealed = f", sealed (proof within {config.seal_deadline_ms} ms)" if port in config.sealed else ""
-        click.echo(f"  port {port}: accepted connections go to {config.backend(port)}{sealed}")
-    click.echo(f"clients: {len(clients)}")
-    for name, e in sorted(clients.items()):
-        last = max(counters.get(e.enrollment, 0), e.counter_floor)
-        opts = [] if e.profile.port_bits else ["no-port-bits"]
-        if e.profile.bind_source:
-            opts.append(f"bind-source={e.profile.bind_source}")
-        click.echo(f"  {name}: ports {','.join(map(str, e.profile.ports))} last counter {last}"
-                   + (f" ({', '.join(opts)})" if opts else ""))
-    alive, st = state.daemon_state()
-    if st is None:
-        click.echo("server: never ran")
+def status(state: ServerState, as_json: bool) -> None:
+    """Show the settings, every client with its last counter and last accepted knock (time, source), and
+    the daemon: running, stopped, dead or stalled, the address families it protects and their unauth
+    mode, drop counts by reason."""
+    from stealth.status import render, status_doc
+
+    doc = status_doc(state)
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
         return
-    click.echo(f"server: {DAEMON_STATES[alive]} (pid {st.get('pid')})")
-    if st.get("rule_repairs"):
-        click.echo(f"  rules reinstalled {st['rule_repairs']} times after someone removed them (last: "
-                   f"{st.get('last_rule_problem')})")
-    if st.get("public_listeners"):
-        click.echo(f"  a socket listens on a protected port's public address: {st['public_listeners']}; "
-                   "every unauthenticated SYN is dropped until it is gone")
-    counts = st.get("counts") or {}
-    for reason, n in sorted(counts.items()):
-        click.echo(f"  {reason}: {n}")
+    for line in render(doc):
+        click.echo(line)
 
 
 @main.command()
 @click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
-@state_dir_option
+@with_state
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet.")
 @reports_errors
-def inspect(capture: Path, state_dir: Path, as_json: bool) -> None:
+def inspect(capture: Path, state: ServerState, as_json: bool) -> None:
     """Verdict and reason for every packet of a capture, through the live gate. Changes no state."""
     from stealth.inspect import inspect_capture
 
-    for row in inspect_capture(ServerState(state_dir), capture):
+    for row in inspect_capture(state, capture):
         if as_json:
             click.echo(json.dumps(row, sort_keys=True))
         else:

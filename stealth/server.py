@@ -2,7 +2,8 @@
 # out, counters persisted durably *before* an accept verdict (group commit: one journal fdatasync per
 # batch, see counterlog.py), firewall rules installed at start and removed on SIGTERM/SIGINT (until a
 # queue is bound its SYNs are dropped: fail closed), clients reloaded on SIGHUP or when clients.jsonl
-# changes, drop counts published to status.json. With --workers N it forks N queue workers and
+# changes, drop counts and the unauth mode of each family published to status.json, each client's last
+# accepted knock kept in accepts.* (see accepts.py). With --workers N it forks N queue workers and
 # supervises them. Unauthenticated packets are counted, never logged above DEBUG.
 import collections
 import contextlib
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 
 from stealth.acceptor import Plan, open_listeners, spawn
+from stealth.accepts import AcceptRecord
 from stealth.constants import (
     RELOAD_POLL_SECONDS,
     RELOAD_STEP_SECONDS,
@@ -113,6 +115,8 @@ class Server:
         self._reload: Iterator[None] | None = None  # a reload in progress, advanced between queue polls
         self._slot_move: Iterator[None] | None = None  # recovery tokens moving to a new slot, likewise
         self.reset_families: set[int] = set()
+        self.modes: dict[int, str] = {}  # family -> the unauth mode its rules were installed with
+        self.accepts = self._accept_record(None)
         self._pending: list[PendingAccept] = []
         self.good_list_fd: int | None = None
         self.exposed: list[str] = []  # public listeners on protected ports: reject by dropping
@@ -159,9 +163,12 @@ class Server:
             log.error("cannot persist counters, dropping %d knock(s): %s", len(pending), e)
             self.counts[Reason.PERSIST_FAILED] += len(pending)
             return [False] * len(pending)
-        for good, (persist, logline, _, session_key) in zip(ok, pending, strict=True):
+        now = int(time.time())
+        for good, (persist, logline, ident, session_key) in zip(ok, pending, strict=True):
             if not good:
                 continue
+            if logline is not None:
+                self.accepts.note(ident, logline.client, now, logline.src)
             if persist is not None:
                 self._remember_source(persist)
             if (logline is not None and session_key is not None and self.keys is not None
@@ -304,7 +311,14 @@ class Server:
             "families": families, "clients": len(self.table.clients), "table_entries": len(self.table),
             "counts": dict(sorted(self.counts.items())), "reload_error": self.reload_error,
             "public_listeners": self.exposed, **(self.guard.status() if self.guard else {}),
+            "unauth_modes": {f"ipv{f}": mode for f, mode in sorted(self.modes.items())},
         }
+
+    def _accept_record(self, worker: int | None) -> AcceptRecord:
+        def live(ident: str, name: str) -> bool:
+            return name in self.table.clients and self.table.ident_of(name).hex() == ident
+
+        return AcceptRecord(*self.state.accept_paths(worker), live)
 
     # --- main loop ---------------------------------------------------------------------------------
     def rule_config(self, family: int) -> RuleConfig:
@@ -327,6 +341,7 @@ class Server:
                 raise ConfigError(self.state.config_path, exposed_message(self.exposed))
             rules = {f: self.rule_config(f) for f in families}
             self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
+            self.modes = {f: r.mode for f, r in rules.items()}
             listeners = open_listeners(self.config.accept_port, families)
             self.keys, keys_in = key_channel()
             queue = None
@@ -362,6 +377,7 @@ class Server:
             finally:
                 if queue is not None:
                     queue.close()
+                self.accepts.close()
                 for sock in listeners:
                     sock.close()
                 keys_in.close()
@@ -443,6 +459,7 @@ class Server:
         self.guard = None  # the parent checks the rules and runs the acceptor
         self.stop = False
         self.counts.clear()
+        self.accepts = self._accept_record(index)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and tells us with SIGTERM
         try:
             queue = Queue(self.queue_num + index, self.handle, self.on_error, self.commit)
@@ -457,6 +474,7 @@ class Server:
             queue.flush()
         finally:
             queue.close()
+            self.accepts.close()
         return 0
 
     def _supervise(self, children: dict[int, int], families: list[int]) -> None:
@@ -520,7 +538,7 @@ class Server:
     def _loop(self, queue: Queue, families: list[int]) -> None:
         next_status = next_reload = next_watch = 0.0
         while not self.stop:
-            busy = self._reload is not None or self._slot_move is not None
+            busy = self._reload is not None or self._slot_move is not None or self.accepts.folding
             queue.poll(0 if busy else min(RELOAD_POLL_SECONDS, STATUS_INTERVAL_SECONDS) / 2)
             now = time.monotonic()
             if now >= next_watch:
@@ -531,6 +549,8 @@ class Server:
                 next_reload = now + RELOAD_POLL_SECONDS
             if self._reload is None:
                 self.maybe_move_slot()
+            if self._reload is None and (now >= next_status or self.accepts.folding):
+                self.accepts.flush(RELOAD_STEP_SECONDS)  # a fold keeps the clients the table knows
             if now >= next_status:
                 try:
                     self.state.write_status({**self.status(families), "running": True}, self.worker)

@@ -165,13 +165,17 @@ def test_client_error_says_no_answer_and_resends_the_same_knock(sl: Any) -> None
     assert sl.counter("alice") == 1
 
 
-def test_client_without_cap_net_admin_says_which_capability(sl: Any) -> None:
+def test_client_without_cap_net_admin_or_agent_says_how_to_start_one(sl: Any) -> None:
     from stealthlab import tool
 
     # root without CAP_NET_ADMIN: dropped from the bounding set, the exec'd client never has it
-    argv = [tool("stealth-connect"), "--state-dir", str(sl.client_dirs["alice"]), sl.srv.ip4, "22"]
+    # and no agent to ask: the one line says how to start one (never a file-capability recipe)
+    no_agent = sl.lab.tmp / "no-agent.sock"
+    argv = ["env", f"STEALTH_AGENT_SOCKET={no_agent}", tool("stealth-connect"), "--state-dir",
+            str(sl.client_dirs["alice"]), sl.srv.ip4, "22"]
     result = sl.cli.run(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", *argv],
                         check=False, timeout=30, stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "CAP_NET_ADMIN" in lines[0] and "setcap" in lines[0], result.stderr
+    assert len(lines) == 1 and "CAP_NET_ADMIN" in lines[0] and "stealth client agent" in lines[0], lines
+    assert "setcap" not in lines[0] and str(no_agent) in lines[0]
