@@ -1,8 +1,8 @@
 # Why: the entry of scripts/bench. Builds the C tools, runs every section of issue 4 (scale in-process;
 # knock-to-connected, logins, verification rate and logins under attack in one set of namespaces) and
-# the sealed-port figures of issue 11 (namespaces of their own), and writes benchmarks/results.json (raw
-# figures, machine, commands) and benchmarks/RESULTS.md (each figure beside its anchor). A section that
-# fails is recorded as an error; the others still run.
+# the sealed-port figures of issue 11 and the client figures of issue 10 (namespaces of their own each),
+# and writes benchmarks/results.json (raw figures, machine, commands) and benchmarks/RESULTS.md (each
+# figure beside its anchor). A section that fails is recorded as an error; the others still run.
 import argparse
 import sys
 import tempfile
@@ -14,7 +14,7 @@ from typing import Any
 
 from netlab import Lab
 
-from benchmarks import attack, latency, report, scale, seal, verify_rate
+from benchmarks import attack, client, latency, report, scale, seal, verify_rate
 from benchmarks.common import COMMANDS, ROOT, background_busy, build_c, dump, machine
 from benchmarks.lab import check_no_route_out, setup
 
@@ -36,11 +36,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench")
     parser.add_argument("--quick", action="store_true", help="smaller samples, about 4 minutes")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
-    parser.add_argument("--only", help="comma-separated sections: scale,latency,logins,verify,attack,sealed")
+    parser.add_argument("--only", help="comma-separated sections: scale,latency,logins,verify,attack,sealed,"
+                                       "client")
     args = parser.parse_args()
     q = args.quick
     only = set(args.only.split(",")) if args.only else {"scale", "latency", "logins", "verify", "attack",
-                                                               "sealed"}
+                                                               "sealed", "client"}
     started = time.monotonic()
     results: dict[str, Any] = {
         "command": " ".join(["scripts/bench", *sys.argv[1:]]), "mode": "quick" if q else "full",
@@ -74,6 +75,8 @@ def main() -> int:
             bl.stop_server()
     if "sealed" in only:  # namespaces of its own: a server that seals port 22
         section(results, "sealed", lambda: seal.run(q))
+    if "client" in only:  # namespaces of its own, and a non-editable client install (issue 10)
+        section(results, "client", lambda: client.run(q))
     results["commands"] = COMMANDS
     results["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
     results["total_seconds"] = round(time.monotonic() - started, 1)

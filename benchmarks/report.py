@@ -282,9 +282,11 @@ def render(r: dict[str, Any]) -> str:
                      f"{s['queue_dropped_pct']}% |")
     lines += ["", *targets(r), ""]
     lines += sealed(r.get("sealed") or {})
+    lines += client_figures(r.get("client") or {})
     errors = {n: s["error"] for n, s in r.items() if isinstance(s, dict) and "error" in s}
-    errors.update({f"sealed: {n}": s["error"] for n, s in (r.get("sealed") or {}).items()
-                   if isinstance(s, dict) and "error" in s})
+    for part in ("sealed", "client"):
+        errors.update({f"{part}: {n}": s["error"] for n, s in (r.get(part) or {}).items()
+                       if isinstance(s, dict) and "error" in s})
     if errors:
         lines += ["## Sections that failed", ""] + [f"- {n}: {e}" for n, e in errors.items()] + [""]
     return "\n".join(lines)
@@ -443,3 +445,69 @@ def _size(n: Any) -> str:
 
 def _mib(kib: Any) -> str:
     return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def client_figures(c: dict[str, Any]) -> list[str]:
+    """Section 6: stealth-connect's own figures (benchmarks/client.py), each beside its target of issue
+    10, and -X importtime's slowest imports of one knock."""
+    if not c:
+        return []
+    head = "## 6. The client: stealth-connect (issue 10)"
+    if "error" in c and len(c) == 1:
+        return [head, "", f"Not measured: {c['error']}", ""]
+    venv, imp = c.get("venv") or {}, g(c, "start_to_fd", "importtime") or {}
+    lines = [
+        head, "",
+        "Namespaces of their own: `stealth server run` protecting sshd (22) and a bulk service (5022), both "
+        "on loopback, beside the same sshd on the unprotected port 2222 and the same service on 5000. The "
+        f"client is a non-editable install into a fresh venv of {venv.get('base_python')} "
+        f"(`{'; '.join(venv.get('commands') or [])}`, tree {str(venv.get('tree_sha256'))[:12]}), run "
+        "without PYTHONPATH. Commands for each figure: `client` in results.json.", "",
+        "| figure | measured | target | |", "|---|---|---|---|",
+        *_client_rows(c), "",
+        f"`-X importtime` of one knock (`stealth-connect --fdpass`): {imp.get('modules')} modules, "
+        f"{imp.get('total_self_ms')} ms of import time in all (the interpreter's own start-up imports "
+        "included); the slowest by their own time:", "",
+        "```", *(imp.get("top_by_self") or []), "```", "",
+    ]
+    return lines
+
+
+def _client_rows(c: dict[str, Any]) -> list[str]:
+    st, bk, lg = c.get("start_to_fd") or {}, c.get("bulk") or {}, c.get("logins") or {}
+    cv = st.get("client_venv") or {}
+    p50 = cv.get("p50_ms")
+    rows = [
+        f"| process start of `stealth-connect --fdpass` to the connected fd in hand (socketpair as stdout, "
+        f"as ssh gives it; n={cv.get('n')}, {cv.get('failed')} failed) | p50 {ms(p50)}, p90 "
+        f"{ms(cv.get('p90_ms'))}; the dev venv's editable install: p50 "
+        f"{ms(g(st, 'dev_venv', 'p50_ms'))} | ≤ 35 ms p50 | {hit(None if p50 is None else p50 <= 35)} |",
+        f"| (context) where that time goes, medians | the interpreter's start and exit (`python -c pass`, "
+        f"same venv) {ms(g(st, 'python_start', 'p50_ms'))}; the knock itself (connect() in-process) "
+        f"{ms(g(st, 'connect_in_process', 'p50_ms'))}; the rest is imports and argument parsing | | |",
+    ]
+    for d, what in (("down", "from the service"), ("up", "to the service")):
+        ratio = bk.get(f"{d}_paired_ratio_relay_to_fdpass")
+        rate = {m: g(bk, f"{d}_{m}", "median_mb_per_s") for m in ("relay", "fdpass", "direct")}
+        cpu = g(bk, f"{d}_relay", "stealth_connect_cpu_seconds") or []
+        rows.append(
+            f"| bulk: {_size(bk.get('bytes'))} {what} through the ProxyCommand relay (pipes as stdin and "
+            f"stdout, read and written 256 KiB at a time as ssh does) vs `--fdpass`, {bk.get('rounds')} "
+            f"rounds alternating | {mbps(rate['relay'])} vs {mbps(rate['fdpass'])} (direct, no stealth: "
+            f"{mbps(rate['direct'])}), medians; each round against the same round's --fdpass, median: "
+            f"**x{ratio}** (ratio of the medians x{bk.get(f'{d}_ratio_relay_to_fdpass')}); stealth-connect "
+            f"CPU per transfer {sorted(cpu)} s | ≥ 0.95x --fdpass | "
+            f"{hit(None if ratio is None else ratio >= 0.95)} |")
+    for mode, name in (("fdpass", "`ProxyCommand stealth-connect --fdpass %h %p` + ProxyUseFdpass"),
+                       ("relay", "`ProxyCommand stealth-connect %h %p` (the relay)")):
+        login = lg.get(mode) or {}
+        ratio = login.get("ratio_to_direct")
+        rows.append(
+            f"| `ssh ... true` with {name} vs direct ssh to the unprotected port, same sshd, alternating, "
+            f"n={login.get('n')} ({login.get('failed')} failed) | median {ms(login.get('p50_ms'))} vs "
+            f"{ms(g(lg, 'direct', 'p50_ms'))}: **x{ratio}** | ≤ 1.05x | "
+            f"{hit(None if ratio is None else ratio <= 1.05)} |")
+    fds = lg.get("proxycommand_fds") or {}
+    rows.append(f"| what ssh gives a ProxyCommand (/proc/PID/fd of the running stealth-connect) | stdin "
+                f"{fds.get('0', 'n/a')}, stdout {fds.get('1', 'n/a')} | pipes (splice() needs one) | |")
+    return rows
