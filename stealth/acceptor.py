@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from stealth import logfmt
 from stealth.backend import LOOPBACK, Backend, parse_assignment
 from stealth.constants import PROOF_BYTES
 from stealth.core.seal import client_proof, server_proof
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, required=True)
     parser.add_argument("--deadline", type=float, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s %(message)s")
+    logfmt.configure(logging.INFO, "%(name)s: %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us with SIGTERM
     plan = Plan(dict(parse_assignment(b) for b in args.backend), frozenset(args.sealed), args.deadline)
     listeners = [socket.socket(fileno=fd) for fd in args.fd]

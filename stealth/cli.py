@@ -15,7 +15,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from stealth.backend import Backend, parse_assignment
-from stealth.cliutil import reports_errors
+from stealth.cliutil import reports_errors, write_units
 from stealth.constants import (
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
@@ -293,18 +293,23 @@ def run(state: ServerState, queue: int | None, workers: int, keep_rules_on_exit:
     """Run the server in the foreground. Prints one 'ready' line once its rules are in place. The rules
     stay when it stops, however it stops, so protected ports stay closed; to take them out, stop the
     server and run 'stealth server rules remove'."""
+    from stealth import logfmt
+    from stealth.firewall import require_privileges
+    from stealth.notify import notify
     from stealth.server import Server
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="stealth: %(message)s", stream=sys.stderr
-    )
+    logfmt.configure(logging.DEBUG if verbose else logging.INFO, "stealth: %(message)s", sys.stderr)
+    require_privileges()
     srv = Server(state, queue, workers)
 
-    def ready(line: str) -> None:
+    def ready(line: str) -> None:  # called once the rules are in place and the queue(s) bound
         click.echo(f"stealth: {line}")
         sys.stdout.flush()
+        notify("READY=1", f"STATUS={line}")
 
+    notify("STATUS=installing rules")
     srv.run(ready)
+    notify("STOPPING=1", "STATUS=stopped; the rules stay in place")
 
 
 @server.group()
@@ -370,6 +375,16 @@ def status(state: ServerState, as_json: bool) -> None:
         return
     for line in render(doc):
         click.echo(line)
+
+
+@server.command("units")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@reports_errors
+def units(directory: Path) -> None:
+    """Write the server's systemd unit (stealth.service) into DIRECTORY (e.g. /etc/systemd/system)."""
+    write_units([Path(__file__).with_name("systemd") / "stealth.service"], directory)
+    click.echo("its ExecStart= is /opt/stealth/bin/stealth (edit it if stealth is installed elsewhere); "
+               "then: systemctl daemon-reload && systemctl enable --now stealth.service")
 
 
 @main.command()

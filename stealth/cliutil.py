@@ -3,11 +3,12 @@
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from stealth.errors import StealthError
+from stealth.errors import ConfigError, StealthError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,3 +25,15 @@ def reports_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def write_units(units: list[Path], directory: Path) -> None:
+    """Copy shipped systemd units into `directory` (`stealth server units`, `stealth client
+    agent-units`), saying each file written; ConfigError naming the file that could not be."""
+    for unit in units:
+        dest = directory / unit.name
+        try:
+            dest.write_text(unit.read_text())
+        except OSError as e:
+            raise ConfigError(dest, f"cannot write: {e.strerror or e}") from None
+        click.echo(f"wrote {dest}")

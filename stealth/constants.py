@@ -114,3 +114,16 @@ SYSTEMD_STATE_DIR_ENV: Final = "STATE_DIRECTORY"
 # Each client's last accepted knock (stealth/accepts.py): the daemon appends what changed about once a
 # second and folds the log into its snapshot when it outgrows the snapshot or this size.
 ACCEPTS_LOG_MIN_BYTES: Final = 1 << 20
+# Refused knocks of a known client's token (replay, wrong source) are logged with their source, for
+# fail2ban; per reason and per queue worker at most this many lines a second after a burst, and what was
+# held back is summed up in one line per interval (stealth/core/ratelimit.py).
+REFUSAL_LOG_PER_SECOND: Final = 5.0
+REFUSAL_LOG_BURST: Final = 20
+REFUSAL_SUMMARY_SECONDS: Final = 5.0
+# systemd integration (stealth/notify.py, stealth/systemd/stealth.service) and the privileges the
+# packet-filter tools need: CAP_NET_ADMIN for netlink/NFQUEUE/iptables-nft, CAP_NET_RAW for
+# iptables-legacy's raw socket (capability bit numbers of linux/capability.h).
+NOTIFY_SOCKET_ENV: Final = "NOTIFY_SOCKET"
+CAP_NET_ADMIN_BIT: Final = 12
+CAP_NET_RAW_BIT: Final = 13
+SBIN_DIRS: Final = ("/usr/sbin", "/sbin")  # where iptables lives when a user's PATH does not name it

@@ -28,13 +28,20 @@
 # an unmarked SYN still meets no socket. No packet to an unprotected port passes through the daemon.
 # The rate limit's exemption list (xt_recent) holds sources that knocked successfully, so junk spoofed
 # from a real client's address cannot exhaust that client's prefix; the daemon adds to it on accept.
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from stealth.backend import LOOPBACK
-from stealth.constants import DEFAULT_ACCEPT_PORT, GOOD_SOURCE_SECONDS
+from stealth.constants import (
+    CAP_NET_ADMIN_BIT,
+    CAP_NET_RAW_BIT,
+    DEFAULT_ACCEPT_PORT,
+    GOOD_SOURCE_SECONDS,
+    SBIN_DIRS,
+)
 from stealth.errors import FirewallError
 
 FAMILIES = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-restore")}
@@ -208,11 +215,61 @@ def missing_rules(cfg: RuleConfig, family: int) -> str | None:
     return None
 
 
+def effective_caps() -> int:
+    """This process's effective capability set (CapEff of /proc/self/status), as a bit mask."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1 if os.geteuid() == 0 else 0
+
+
+def locate(tool: str) -> str | None:
+    """Where `tool` is: on PATH, else in /usr/sbin or /sbin (not on a normal user's PATH)."""
+    found = shutil.which(tool)
+    if found is not None:
+        return found
+    return next((str(Path(d) / tool) for d in SBIN_DIRS if os.access(Path(d) / tool, os.X_OK)), None)
+
+
+def cannot_run(tool: str) -> FirewallError:
+    """Why `tool` cannot be used, in one line: not installed, not root, or not on PATH."""
+    where = locate(tool)
+    if where is None:
+        return FirewallError(f"{tool} is not installed (apt install iptables)")
+    if not effective_caps() >> CAP_NET_ADMIN_BIT & 1:
+        return FirewallError(f"{tool} needs root (or CAP_NET_ADMIN): this process runs as uid {os.geteuid()} "
+                             f"without it ({where} is installed)")
+    return FirewallError(f"{tool} is not on PATH: it is {where}; add {Path(where).parent} to PATH")
+
+
+def require_privileges() -> None:
+    """What `stealth server run` needs to keep every feature, checked before anything is touched; else
+    one line. CAP_NET_ADMIN: NFQUEUE, netlink, iptables-nft. CAP_NET_RAW: iptables-legacy opens a raw
+    socket (ours, and reading the host's legacy rules for --unauth auto). uid 0: the kernel makes the
+    rate-limit exemption list (/proc/net/xt_recent/stealth-good-*) root's, mode 0600."""
+    caps = effective_caps()
+    if not caps >> CAP_NET_ADMIN_BIT & 1:
+        raise cannot_run("iptables")
+    if not caps >> CAP_NET_RAW_BIT & 1:
+        raise FirewallError("stealth server run needs CAP_NET_RAW as well as CAP_NET_ADMIN: iptables-legacy "
+                            "opens a raw socket, and the host's legacy rules must be read to answer like it")
+    if os.geteuid() != 0:
+        raise FirewallError(f"stealth server run needs uid 0 (capabilities may be bounded to CAP_NET_ADMIN "
+                            f"and CAP_NET_RAW): as uid {os.geteuid()} it cannot write the rate-limit "
+                            "exemption list, which the kernel makes root's (/proc/net/xt_recent)")
+
+
 def _run(argv: tuple[str, ...], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    if not effective_caps() >> CAP_NET_ADMIN_BIT & 1:
+        raise cannot_run(argv[0])
     try:
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:
-        raise FirewallError(f"{argv[0]} is not installed (apt install iptables)") from None
+        raise cannot_run(argv[0]) from None
     except subprocess.TimeoutExpired:
         raise FirewallError(f"{argv[0]} did not finish within 30 s") from None
 

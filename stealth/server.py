@@ -4,7 +4,8 @@
 # queue is bound its SYNs are dropped: fail closed), clients reloaded on SIGHUP or when clients.jsonl
 # changes, drop counts and the unauth mode of each family published to status.json, each client's last
 # accepted knock kept in accepts.* (see accepts.py). With --workers N it forks N queue workers and
-# supervises them. Unauthenticated packets are counted, never logged above DEBUG.
+# supervises them. Unauthenticated packets are counted, never logged above DEBUG; a refused knock of a known
+# client's token (a replay, a wrong source) is logged as a warning with its source, rate-limited.
 import collections
 import contextlib
 import logging
@@ -18,13 +19,17 @@ from types import FrameType
 from stealth.acceptor import Plan, open_listeners, spawn
 from stealth.accepts import AcceptRecord
 from stealth.constants import (
+    REFUSAL_LOG_BURST,
+    REFUSAL_LOG_PER_SECOND,
+    REFUSAL_SUMMARY_SECONDS,
     RELOAD_POLL_SECONDS,
     RELOAD_STEP_SECONDS,
     RULE_CHECK_SECONDS,
     STATUS_INTERVAL_SECONDS,
 )
-from stealth.core.gate import Gate, LogAccept, PersistCounter, Verdict
+from stealth.core.gate import Command, Gate, LogAccept, LogRefusal, PersistCounter, Verdict
 from stealth.core.packet import Reason
+from stealth.core.ratelimit import LogLimiter
 from stealth.core.recovery import slot_of
 from stealth.core.secret import Secret
 from stealth.core.table import TokenTable
@@ -104,6 +109,7 @@ class Server:
         self.workers = workers
         self.worker: int | None = None  # index of this worker process, None in the parent
         self.counts: collections.Counter[str] = collections.Counter()
+        self.refusals = LogLimiter(REFUSAL_LOG_PER_SECOND, REFUSAL_LOG_BURST, REFUSAL_SUMMARY_SECONDS)
         self.log = state.counter_log()
         self._by_ident: dict[str, str] | None = None  # enrollment id -> name, built when a worker needs it
         self.table = TokenTable(self.config.window)
@@ -135,9 +141,12 @@ class Server:
         return NO_MARK if (payload[0] >> 4) in self.reset_families else None
 
     def handle(self, payload: bytes) -> int | AfterCommit | None:
-        decision = self.gate.receive(payload, time.monotonic())
+        now = time.monotonic()
+        decision = self.gate.receive(payload, now)
         if decision.verdict is Verdict.DROP:
             self.counts[decision.reason] += 1
+            if decision.commands:  # a known client's token, refused: one line, rate-limited
+                self._log_refusals(decision.commands, now)
             return self.reject(payload)
         persist = next((c for c in decision.commands if isinstance(c, PersistCounter)), None)
         logline = next((c for c in decision.commands if isinstance(c, LogAccept)), None)
@@ -145,6 +154,19 @@ class Server:
         self.counts[decision.reason] += 1
         self._pending.append((persist, logline, ident, decision.session_key))  # one per held packet
         return AfterCommit(self.config.mark)  # every accept waits until its counter is durable
+
+    def _log_refusals(self, commands: tuple[Command, ...], now: float) -> None:
+        for c in commands:
+            if isinstance(c, LogRefusal) and self.refusals.allow(c.reason, now):
+                log.warning("refused reason=%s client=%s port=%d src=[%s]:%d", c.reason, c.client, c.dport,
+                            format_addr(c.src), c.sport)
+
+    def _log_suppressed(self, now: float, final: bool = False) -> None:
+        """One line for the refusals the limiter held back, once per REFUSAL_SUMMARY_SECONDS at most."""
+        held = self.refusals.summary(now, final)
+        if held:
+            log.warning("refusals not logged (rate limit) count=%d %s", sum(held.values()),
+                        " ".join(f"{reason}={n}" for reason, n in held.items()))
 
     def commit(self) -> list[bool]:
         """Make the held knocks' counters durable with one journal write and fdatasync, then log them and
@@ -557,6 +579,8 @@ class Server:
                 except StealthError as e:
                     log.warning("cannot write status: %s", e)
                 next_status = now + STATUS_INTERVAL_SECONDS
+            self._log_suppressed(now)
+        self._log_suppressed(time.monotonic(), final=True)
 
     def _install_signals(self) -> dict[int, "Callable[[int, FrameType | None], object] | int | None"]:
         def stop(signum: int, frame: FrameType | None) -> None:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 VENV_BIN = Path(sys.executable).parent
 PRIVILEGED_TOOLS = ["ip", "iptables", "ip6tables", "iptables-legacy", "tcpdump", "nmap", "hping3",
-                    "/usr/sbin/sshd", "ssh", "nc", "nft", "ufw", "curl", "unshare"]
+                    "/usr/sbin/sshd", "ssh", "nc", "nft", "ufw", "curl", "unshare", "fail2ban-regex"]
 
 
 @functools.cache

@@ -30,7 +30,7 @@ from syns import (
 )
 
 from stealth.constants import COUNTER_MAX, RECOVERY_SLOT_SKEW
-from stealth.core.gate import Decision, Gate, LogAccept, PersistCounter, Verdict
+from stealth.core.gate import Decision, Gate, LogAccept, LogRefusal, PersistCounter, Verdict
 from stealth.core.packet import Reason
 from stealth.core.recovery import recovery_base, recovery_counter
 from stealth.core.secret import Secret, client_key
@@ -61,8 +61,14 @@ def persists(d: Decision, client: str, counter: int) -> None:
 
 
 def drop(d: Decision, reason: Reason | None = None) -> None:
+    """A drop: no client, no key, and a command only to log a refused known token (replay, wrong source)."""
     assert d.verdict is Verdict.DROP, d
-    assert d.commands == () and d.client is None and d.session_key is None, d
+    assert d.client is None and d.session_key is None, d
+    if d.reason in (Reason.REPLAY, Reason.WRONG_SOURCE):
+        (refusal,) = d.commands
+        assert isinstance(refusal, LogRefusal) and refusal.reason is d.reason, d
+    else:
+        assert d.commands == (), d
     if reason is not None:
         assert d.reason is reason, d
 

@@ -11,7 +11,7 @@ from types import FrameType
 
 import click
 
-from stealth.cliutil import reports_errors
+from stealth.cliutil import reports_errors, write_units
 from stealth.constants import AGENT_SOCKET_ENV, DEFAULT_AGENT_GROUP, DEFAULT_AGENT_SOCKET
 from stealth.errors import ClientError, ConfigError
 from stealth_connect.profiles import ClientStore
@@ -143,14 +143,7 @@ def agent(path: str | None, group: str) -> None:
 @reports_errors
 def agent_units(directory: Path) -> None:
     """Write the agent's systemd socket and service units into DIRECTORY (e.g. /etc/systemd/system)."""
-    units = Path(__file__).with_name("systemd")
-    for unit in sorted(units.glob("stealth-agent.*")):
-        dest = directory / unit.name
-        try:
-            dest.write_text(unit.read_text())
-        except OSError as e:
-            raise ConfigError(dest, f"cannot write: {e.strerror or e}") from None
-        click.echo(f"wrote {dest}")
+    write_units(sorted(Path(__file__).with_name("systemd").glob("stealth-agent.*")), directory)
     click.echo("then: groupadd --system stealth (once), usermod -aG stealth USER, "
                "systemctl daemon-reload && systemctl enable --now stealth-agent.socket")
 

@@ -1,13 +1,14 @@
 # Why: the one decision function both live traffic (NFQUEUE) and recorded traffic (pcap) go through.
 # receive(bytes, now) -> Decision: a verdict plus the commands the executor must carry out first (persist
-# the counter, log the accept). Every rejection is a value with a Reason; no input raises.
+# the counter, log the accept, or log a refused replay or wrong-source knock of a known client's token).
+# Every rejection is a value with a Reason; no input raises.
 # A token passes once. There is no rule for "exact retransmissions" here: the kernel's resent SYN of an
 # accepted knock finds the connection's conntrack mark and never reaches the queue, and anything that
 # does reach it with a spent token (whatever its timestamp or other unauthenticated fields) is a replay.
 import enum
 from dataclasses import dataclass, field
 
-from stealth.core.packet import Reason, parse_syn
+from stealth.core.packet import Reason, Syn, parse_syn
 from stealth.core.secret import Secret
 from stealth.core.table import Entry, TokenTable
 from stealth.core.token import session_key
@@ -39,7 +40,19 @@ class LogAccept:
     recovery: bool
 
 
-Command = PersistCounter | LogAccept
+@dataclass(frozen=True)
+class LogRefusal:
+    """Log one refused knock that carried a known client's token (a replay, or a token bound to another
+    source): the one kind of drop worth a line with its source. The executor rate-limits these lines."""
+
+    reason: Reason
+    client: str
+    dport: int
+    src: bytes
+    sport: int
+
+
+Command = PersistCounter | LogAccept | LogRefusal
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,11 @@ DROP = {reason: Decision(Verdict.DROP, reason) for reason in Reason}
 def _session(entry: Entry) -> Secret:
     spec = entry.client.spec
     return session_key(spec.key, spec.binding, entry.dport, entry.counter)
+
+
+def _refused(reason: Reason, entry: Entry, syn: Syn) -> Decision:
+    """A drop of a known client's token, with the line the executor logs about it."""
+    return Decision(Verdict.DROP, reason, (LogRefusal(reason, entry.name, syn.dport, syn.src, syn.sport),))
 
 
 class Gate:
@@ -80,11 +98,11 @@ class Gate:
             return DROP[Reason.UNKNOWN_TOKEN]
         bound = self.table.binding_of(entry.index).source
         if bound is not None and bound != syn.src:
-            return DROP[Reason.WRONG_SOURCE]
+            return _refused(Reason.WRONG_SOURCE, entry, syn)
         if not syn.checksum_ok():
             return DROP[Reason.BAD_CHECKSUM]
         if entry.spent:
-            return DROP[Reason.REPLAY]
+            return _refused(Reason.REPLAY, entry, syn)
         counter = self.table.consume(entry)
         name = entry.name
         return Decision(
