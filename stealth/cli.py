@@ -257,6 +257,25 @@ def add_clients(names_from: TextIO, ports: tuple[int, ...] | None, state: Server
                f"profiles in {profiles_dir}")
 
 
+@server.command("export-profile")
+@click.argument("name")
+@with_state
+@click.option("--profile-out", required=True, type=click.Path(path_type=Path, allow_dash=True),
+              help="Where to write the profile (mode 0600, never over an existing file), or '-' for "
+              "standard output.")
+@reports_errors
+def export_profile(name: str, state: ServerState, profile_out: Path) -> None:
+    """Write an enrolled client's profile again (a lost file, a reinstalled machine): the same key and
+    options. A client that lost its counter file as well gets back in by itself with a recovery knock."""
+    enrolled = state.load_clients().get(name)
+    if enrolled is None:
+        raise ConfigError(state.clients_path, f"no enrolled client named {name!r}")
+    profile_targets(name, None, profile_out)  # refuses to overwrite
+    write_profile(enrolled.profile, profile_out)
+    where = "standard output" if profile_out == STDOUT else str(profile_out)
+    click.echo(f"profile of {name!r} written to {where}", err=profile_out == STDOUT)
+
+
 @server.command()
 @click.argument("name")
 @with_state

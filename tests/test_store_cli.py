@@ -248,3 +248,23 @@ def test_counter_file_is_one_per_key_and_saved_before_use(server: Path, tmp_path
     assert [take_counter(path) for _ in range(3)] == [1, 2, 3]
     assert read_counter(path).last_used == 3  # read back from the file (tests/test_client_counter.py)
     assert [p.name for p in (tmp_path / "c" / "counters").glob("*.ctr")] == [path.name]
+
+
+def test_export_profile_writes_the_same_profile_again_and_never_over_a_file(server: Path,
+                                                                            tmp_path: Path) -> None:
+    original = enroll(server, "alice", tmp_path / "a.toml", "--bind-source", "198.51.100.2")
+    out = tmp_path / "again.toml"
+    result = cli("server", "export-profile", "alice", "--state-dir", str(server), "--profile-out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    again = Profile.from_doc(out, read_toml(out, secret=True))
+    assert again == original  # key, server id, ports and binding: every field
+    assert original.key.value.hex() not in result.stdout + result.stderr
+    one_line_error(cli("server", "export-profile", "alice", "--state-dir", str(server), "--profile-out",
+                       str(out)), str(out), "refusing to overwrite")
+    one_line_error(cli("server", "export-profile", "mallory", "--state-dir", str(server), "--profile-out",
+                       str(tmp_path / "m.toml")), "no enrolled client named 'mallory'")
+    assert not (tmp_path / "m.toml").exists()
+    cli("server", "revoke", "alice", "--state-dir", str(server))
+    one_line_error(cli("server", "export-profile", "alice", "--state-dir", str(server), "--profile-out",
+                       str(tmp_path / "r.toml")), "no enrolled client named 'alice'")
