@@ -99,7 +99,11 @@ def read_bytes(path: StrPath, secret: bool = False) -> bytes:
 
 
 def read_toml(path: StrPath, secret: bool = False) -> dict[str, Any]:
-    raw = read_bytes(path, secret)
+    return parse_toml(path, read_bytes(path, secret))
+
+
+def parse_toml(path: StrPath, raw: bytes) -> dict[str, Any]:
+    """The table of a TOML document read from `path` (which errors name: a file, or "standard input")."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

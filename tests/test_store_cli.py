@@ -268,3 +268,22 @@ def test_export_profile_writes_the_same_profile_again_and_never_over_a_file(serv
     cli("server", "revoke", "alice", "--state-dir", str(server))
     one_line_error(cli("server", "export-profile", "alice", "--state-dir", str(server), "--profile-out",
                        str(tmp_path / "r.toml")), "no enrolled client named 'alice'")
+
+
+def test_a_profile_goes_from_export_to_import_through_a_pipe(server: Path, tmp_path: Path) -> None:
+    """export-profile - | client import -: the key never rests in a file with the shell's umask."""
+    original = enroll(server, "alice", tmp_path / "a.toml")
+    exported = cli("server", "export-profile", "alice", "--state-dir", str(server), "--profile-out", "-")
+    assert exported.returncode == 0, exported.stderr
+    client = tmp_path / "client"
+    imported = subprocess.run([stealth_bin("stealth"), "client", "import", "-", "--host", "h.example",
+                               "--state-dir", str(client)], input=exported.stdout, capture_output=True,
+                              text=True, check=False)
+    assert imported.returncode == 0, imported.stderr
+    stored = client / "hosts" / "h.example.toml"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert Profile.from_doc(stored, read_toml(stored, secret=True)) == original
+    garbage = subprocess.run([stealth_bin("stealth"), "client", "import", "-", "--host", "g", "--state-dir",
+                              str(client)], input="key = [\n", capture_output=True, text=True, check=False)
+    one_line_error(garbage, "standard input")
+    assert not (client / "hosts" / "g.toml").exists()

@@ -27,14 +27,23 @@ def client() -> None:
 
 
 @client.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
 @click.option("--host", required=True,
               help="The name you give ssh for this server: a Host alias, or its HostName / address.")
 @state_dir_option
 @reports_errors
 def import_profile(file: Path, host: str, state_dir: Path | None) -> None:
-    """Store a profile for HOST."""
-    dest = ClientStore(state_dir).import_profile(file, host)
+    """Store a profile for HOST. FILE '-' reads it from standard input, so it never rests in a file:
+    ssh admin@server stealth server export-profile NAME --profile-out - | stealth client import - ..."""
+    store = ClientStore(state_dir)
+    if str(file) == "-":
+        from stealth.profile import Profile
+        from stealth.store import parse_toml
+
+        where = "standard input"
+        dest = store.save_profile(Profile.from_doc(where, parse_toml(where, sys.stdin.buffer.read())), host)
+    else:
+        dest = store.import_profile(file, host)
     click.echo(f"profile for {host} stored in {dest}")
 
 

@@ -165,7 +165,10 @@ class ClientStore:
         return _as_path(self.counter_file(profile))
 
     def import_profile(self, source: StrPath, host: str) -> Path:
-        profile = load_profile(source)
+        return self.save_profile(load_profile(source), host)
+
+    def save_profile(self, profile: Profile, host: str) -> Path:
+        """Store `profile` for `host` (0600, atomically), replacing what was stored for it."""
         ensure_dir(_join(self.dir_name, "hosts"))
         dest = self.profile_file(host)
         write_toml(dest, profile.to_doc())
