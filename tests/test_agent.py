@@ -8,7 +8,6 @@
 # black hole gets through on the next one after ~2.5 s.
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -45,18 +44,10 @@ def one_line(r: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def venv() -> Path:
-    from conftest import require_privileges
+    from conftest import client_venv_or_skip, require_privileges
 
     require_privileges()
-    from netlab import LabError
-    from stealthlab import client_venv
-
-    try:
-        return client_venv()
-    except LabError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"client-only install failed: {e}")
-        pytest.skip(f"client-only install failed (no package index?): {e}")
+    return client_venv_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -41,23 +41,11 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def build_or_skip() -> Path:
-    """The shared client-only venv; a failed build skips outside CI (no package index here) and fails
-    in CI."""
-    from netlab import LabError
-    from stealthlab import client_venv
-
-    try:
-        return client_venv()
-    except LabError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"client-only install failed: {e}")
-        pytest.skip(f"client-only install failed (no package index?): {e}")
-
-
 @pytest.fixture(scope="module")
 def venv() -> Path:
-    return build_or_skip()
+    from conftest import client_venv_or_skip
+
+    return client_venv_or_skip()
 
 
 def run(venv: Path, *argv: str) -> subprocess.CompletedProcess[str]:
