@@ -13,11 +13,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from stealthlab import StealthLab, stealth_lab, tool
-
 from benchmarks.client_venv import client_venv
 from benchmarks.common import summary_ms
 from benchmarks.lab import check_no_route_out, env_for_tools
+from scripts.lib.stealthlab import StealthLab, stealth_lab, tool
 
 PORTS = "22,5022"
 BULK_PORT, DIRECT_BULK_PORT, DIRECT_SSH_PORT = 5022, 5000, 2222

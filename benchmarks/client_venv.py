@@ -9,9 +9,8 @@ import subprocess
 import time
 from typing import Any
 
-from stealthlab import CLIENT_TREE, SYSTEM_PYTHON
-
 from benchmarks.common import BUILD, ROOT, note_command
+from scripts.lib.stealthlab import CLIENT_TREE, SYSTEM_PYTHON
 
 VENV = BUILD / "client-venv"
 STAMP = VENV / "tree-sha256"  # the hash of the tree the venv was built from

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import Host, Lab, LabError, Roles, run, wait_for
-from stealthlab import StealthLab
-
 from benchmarks.common import BUILD, ROOT, note_command
 from benchmarks.enroll import BenchClient, enroll_clients
+from scripts.lib.netlab import Host, Lab, LabError, Roles, run, wait_for
+from scripts.lib.stealthlab import StealthLab
 
 SERVER_ID = "bench"
 PROTECTED = "22,5022"  # sshd, and a trivial listener for connect timing
@@ -219,5 +218,5 @@ def check_no_route_out(bl: Roles) -> None:
 
 def env_for_tools() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'scripts' / 'lib'}"
+    env["PYTHONPATH"] = str(ROOT)
     return env

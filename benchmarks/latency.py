@@ -9,8 +9,6 @@ import sys
 import time
 from typing import Any
 
-from stealthlab import tool
-
 from benchmarks.common import note_command, summary_ms
 from benchmarks.lab import (
     KNOCK_SEQUENCE,
@@ -21,6 +19,7 @@ from benchmarks.lab import (
     BenchLab,
     env_for_tools,
 )
+from scripts.lib.stealthlab import tool
 
 
 def knock_to_connected(bl: BenchLab, samples: int) -> dict[str, Any]:

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from netlab import Lab
-
 from benchmarks import attack, client, latency, report, scale, seal, verify_rate
 from benchmarks.common import COMMANDS, ROOT, background_busy, build_c, dump, machine
 from benchmarks.lab import check_no_route_out, setup
+from scripts.lib.netlab import Lab
 
 
 def section(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:

@@ -25,12 +25,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from netlab import Lab, LabError, wait_for
-from netlab import run as run_argv
-from stealthlab import SSHD, StealthLab
-
 from benchmarks.common import cpu_busy, cpu_times, summary_ms, time_cases
 from benchmarks.lab import LISTENER, check_no_route_out, env_for_tools
+from scripts.lib.netlab import Lab, LabError, wait_for
+from scripts.lib.netlab import run as run_argv
+from scripts.lib.stealthlab import SSHD, StealthLab
 
 SERVER_ID = "bench-seal"
 SEALED_PORT, UNSEALED_PORT, PLAIN_PORT, DIRECT_SSH_PORT = 22, 5022, 5000, 2222

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netlab import run as run_argv
-
 from benchmarks.common import (
     BUILD,
     QueueCounters,
@@ -36,6 +34,7 @@ from benchmarks.common import (
 )
 from benchmarks.enroll import write_tokens
 from benchmarks.lab import QUEUE, SERVER_ID, BenchLab
+from scripts.lib.netlab import run as run_argv
 from stealth.constants import NFQUEUE_MAX_LEN, NFQUEUE_SOCKET_BYTES_PER_PACKET
 
 MIX_EVERY = 100  # 1% valid

@@ -171,6 +171,8 @@ def _unseal(conn: socket.socket, session_key: Secret | None, deadline_seconds: f
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m stealth.acceptor`, which spawn() starts: adopt the listeners and the key
+    channel passed down by fd, and serve until the daemon is gone. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m stealth.acceptor")
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--fd", type=int, action="append", default=[])

@@ -33,12 +33,16 @@ FOLD_CHUNK_LINES = 2000  # lines between two checks of the fold's time budget
 
 @dataclass(frozen=True)
 class LastAccept:
+    """One client's newest accepted knock, as a record line holds it: unix second, source address (text),
+    client name."""
+
     unix_time: int
     source: str
     name: str
 
 
 def format_address(raw: bytes) -> str:
+    """The text form of a packed IPv4 (4 bytes) or IPv6 (16 bytes) address."""
     return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
 
 
@@ -51,6 +55,7 @@ def parse_line(line: str) -> tuple[str, LastAccept] | None:
 
 
 def iter_lines(path: Path) -> Iterator[str]:
+    """The lines of a record file; none when the file does not exist (other OSErrors propagate)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             yield from f
@@ -85,9 +90,12 @@ class AcceptRecord:
 
     @property
     def folding(self) -> bool:
+        """True while a fold is in progress: flush() must be called again soon, and appends wait for it."""
         return self._fold is not None
 
     def note(self, ident: bytes, name: str, unix_time: int, src: bytes) -> None:
+        """Remember `name`'s accept at `unix_time` from `src` (packed address), in memory only: the next
+        flush() writes it. Cheap enough for the packet path."""
         self.pending[ident] = (name, unix_time, src)
 
     def flush(self, budget_seconds: float) -> None:

@@ -21,6 +21,7 @@ class Backend:
 
     @property
     def family(self) -> str:
+        """The kind of socket relay.connect_backend opens: "unix", "ipv4" or "ipv6"."""
         return "unix" if self.path else ("ipv6" if ":" in self.host else "ipv4")
 
     def __str__(self) -> str:

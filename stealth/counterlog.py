@@ -30,6 +30,7 @@ def is_ident(text: str) -> bool:
 
 
 def record(ident: bytes, counter: int) -> bytes:
+    """One 24-byte journal record for (8-byte enrollment id, counter), its CRC32 included."""
     head = MAGIC + ident + counter.to_bytes(8, "little")
     return head + zlib.crc32(head).to_bytes(4, "little")
 
@@ -51,6 +52,10 @@ def parse_records(data: bytes) -> tuple[list[tuple[str, int]], int]:
 
 
 class CounterLog:
+    """Each client's highest accepted counter: a snapshot (counters.json) plus an append-only journal
+    (counters.log). read() is for any reader; open(), append(), catch_up(), compact() and close() only for the
+    one process that writes (or a worker under the counters lock)."""
+
     def __init__(self, snapshot: Path, journal: Path) -> None:
         self.snapshot = snapshot
         self.journal = journal
@@ -150,6 +155,8 @@ class CounterLog:
         self.offset += len(data)
 
     def needs_compaction(self, clients: int) -> bool:
+        """True when the journal holds more records than max(COMPACT_MIN_RECORDS, clients): time for
+        compact()."""
         return self.offset > RECORD.size * max(COMPACT_MIN_RECORDS, clients)
 
     def compact(self, counters: Iterable[tuple[str, int]]) -> None:
@@ -170,12 +177,15 @@ class CounterLog:
         self.offset, self.inode = 0, os.fstat(self.fd).st_ino
 
     def close(self) -> None:
+        """Close the journal (idempotent). Nothing is lost: every append() was synced before it returned."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
 
 def merge(counters: dict[str, int], records: Iterable[tuple[str, int]]) -> None:
+    """Raise `counters` (enrollment hex -> counter) in place to each record's counter; never lowers one, so
+    records may be merged in any order and more than once."""
     for ident, counter in records:
         if counter > counters.get(ident, 0):
             counters[ident] = counter

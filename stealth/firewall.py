@@ -55,6 +55,10 @@ UNAUTH_MODES = ("drop", "reset")
 
 @dataclass(frozen=True)
 class RuleConfig:
+    """Everything one family's rules depend on: the queue (and how many workers share it), the protected
+    ports, the accept mark, the unauth mode ("drop" or "reset"; ValueError otherwise), the per-prefix SYN rate
+    limit and the daemon's loopback listener."""
+
     queue: int
     ports: tuple[int, ...]
     mark: int
@@ -73,10 +77,12 @@ class RuleConfig:
 
     @property
     def chain(self) -> str:
+        """Our chains' name, STEALTH-<queue> (with "-out" for the mangle OUTPUT one)."""
         return f"STEALTH-{self.queue}"
 
     @property
     def queue_spec(self) -> str:
+        """The queue argument: "N", or "N:M" for --queue-balance over the workers' queues."""
         return str(self.queue) if self.workers == 1 else f"{self.queue}:{self.queue + self.workers - 1}"
 
     @property
@@ -141,6 +147,8 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int, suffix: str = "") -> 
 
 
 def restore_input(cfg: RuleConfig, family: int = 4) -> str:
+    """iptables-restore input that creates and fills our chains in the mangle and filter tables for `family`;
+    the jumps to them are separate steps (plan_install). Pure: a snapshot test pins it."""
     lines = []
     for table in TABLES:
         hooks = [(hook, suffix) for t, hook, suffix in HOOKS if t == table]
@@ -170,12 +178,16 @@ def _legacy_jump(tool: str, cfg: RuleConfig) -> Step:
 
 
 def plan_install(cfg: RuleConfig, family: int) -> list[Step]:
+    """The steps that install our rules for `family` (pure): remove an older layout's jump, fill our chains
+    atomically (iptables-restore --noflush), then insert each jump unless it is there. Applying them again
+    changes nothing."""
     tool, restore = FAMILIES[family]
     steps = [_legacy_jump(tool, cfg), Step((restore, "-w", "--noflush"), stdin=restore_input(cfg, family))]
     return steps + _jumps(tool, cfg)
 
 
 def plan_remove(cfg: RuleConfig, family: int) -> list[Step]:
+    """The steps that remove our jumps and chains for `family` (pure); each tolerates what is already gone."""
     tool, _ = FAMILIES[family]
     steps = [Step(_jump(tool, t, h, x, "-D", cfg), repeat=True, tolerate=True) for t, h, x in HOOKS]
     steps.append(_legacy_jump(tool, cfg))
@@ -275,6 +287,8 @@ def _run(argv: tuple[str, ...], stdin: str | None = None) -> subprocess.Complete
 
 
 def apply(steps: list[Step]) -> None:
+    """Run `steps` in order, without a shell. Raises FirewallError, with the tool's last line of stderr, at
+    the first step that fails and does not tolerate it; the steps before it stay applied."""
     for step in steps:
         if step.unless is not None and _run(step.unless).returncode == 0:
             continue
@@ -300,6 +314,8 @@ def install(cfgs: dict[int, RuleConfig]) -> None:
 
 
 def remove(cfgs: dict[int, RuleConfig]) -> None:
+    """Remove our jumps and chains for every family in `cfgs`. A rule already gone is fine; FirewallError only
+    when iptables cannot run at all (missing, no privilege, timeout)."""
     for family, cfg in cfgs.items():
         apply(plan_remove(cfg, family))
 
@@ -313,6 +329,8 @@ class Snapshot:
 
 
 def snapshot(cfg: RuleConfig, family: int) -> Snapshot:
+    """Our chains' rules as they are now for `family` (None for a chain that does not exist), for restore().
+    Reads only; FirewallError when iptables cannot run."""
     tool = FAMILIES[family][0]
     chains: dict[tuple[str, str], list[str] | None] = {}
     for table, _, suffix in HOOKS:

@@ -74,6 +74,8 @@ class Guard:
         self._thread: threading.Thread | None = None
 
     def start_thread(self, interval: float) -> None:
+        """Run check() every `interval` seconds in a daemon thread until stop(); an exception in one round is
+        logged and the rounds go on."""
         def loop() -> None:
             while not self._stopping.wait(interval):
                 try:
@@ -85,6 +87,9 @@ class Guard:
         self._thread.start()
 
     def check(self) -> None:
+        """One round: reinstall missing rules (logged as an error; a failed reinstall is logged, not raised),
+        restart a dead acceptor, and restart it when server.toml changed. Called by start_thread's thread or
+        by a supervisor, never both."""
         problems = [p for f, cfg in self.rules.items() if (p := missing_rules(cfg, f)) is not None]
         if problems:
             self.repairs += 1
@@ -106,6 +111,7 @@ class Guard:
             self.acceptor = self._spawn()
 
     def stop(self) -> None:
+        """Stop the check thread, if any, and the acceptor; relays of open sessions go on."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
@@ -122,6 +128,8 @@ class Guard:
             self.acceptor.wait()
 
     def status(self) -> dict[str, object]:
+        """The guard's fields for status.json: the acceptor's pid, the rule repairs so far, the last problem
+        found."""
         return {"acceptor_pid": self.acceptor.pid, "rule_repairs": self.repairs,
                 "last_rule_problem": self.last_problem}
 

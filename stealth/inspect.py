@@ -30,6 +30,9 @@ def describe_flow(packet: bytes) -> str:
 
 
 def inspect_capture(state: ServerState, capture: Path) -> Iterator[dict[str, Any]]:
+    """Replay `capture` through a gate built from the state directory as the daemon builds it: one dict per
+    frame (index, verdict, reason, flow, client), "skip" for frames without IP. Counters advance in memory
+    only; ConfigError for an unreadable capture or state file."""
     config = state.load_config()
     gate = Gate(build_table(state, config, state.load_counters()))
     for index, stamp, packet in read_ip_packets(capture):

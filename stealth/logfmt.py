@@ -15,6 +15,7 @@ DEBUG_PRIORITY = 7
 
 
 def priority(levelno: int) -> int:
+    """The syslog priority (RFC 5424) of a logging level: 2 for CRITICAL down to 7 for DEBUG."""
     return next((p for level, p in PRIORITIES if levelno >= level), DEBUG_PRIORITY)
 
 
@@ -33,6 +34,8 @@ class JournalFormatter(logging.Formatter):
     """Prefix every line of a record with its syslog priority, "<4>" for a warning."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The formatted record with "<N>" before each of its lines, so journald files a traceback's lines
+        under the record's priority too."""
         text = super().format(record)
         prefix = f"<{priority(record.levelno)}>"
         return "\n".join(prefix + line for line in text.split("\n"))

@@ -68,6 +68,11 @@ Handler = Callable[[bytes], "int | AfterCommit | None"]
 
 
 class Queue:
+    """One bound NFQUEUE. `handler(payload)` returns the verdict: None to drop, a mark to accept with (0:
+    unmarked), or AfterCommit(mark) to hold the packet until `commit()` (one bool per held packet, in order)
+    has made its state durable. An exception in either is a drop, reported to `on_error`. Raises StealthError
+    when the queue cannot be bound. Drive it from one thread with poll()."""
+
     def __init__(
         self, queue_num: int, handler: Handler, on_error: Callable[[BaseException], None],
         commit: Callable[[], list[bool]] | None = None,
@@ -183,6 +188,7 @@ class Queue:
         self.flush()
 
     def close(self) -> None:
+        """Give every waiting packet its verdict (flush()), then unbind the queue."""
         self.flush()
         self._nfq.unbind()
         self._sock.detach()

@@ -31,6 +31,9 @@ def _packed_address(text: str) -> bytes:
 
 
 class Profile(Record):
+    """A client profile: what both ends need to derive its tokens (server id, key, ports, window, source-port
+    mapping, bound source address) and the ports that are sealed. repr hides the key."""
+
     __slots__ = ("bind_source", "key", "name", "port_bits", "port_range", "ports", "sealed", "server_id",
                  "window")
     _hidden = frozenset({"key"})
@@ -59,15 +62,20 @@ class Profile(Record):
 
     @property
     def binding(self) -> Binding:
+        """The token Binding of this profile (ValueError for a server id outside 1..255 bytes)."""
         source = _packed_address(self.bind_source) if self.bind_source else None
         return Binding(self.server_id, self.port_bits, self.port_range, source)
 
     def spec(self) -> ClientSpec:
+        """The server's ClientSpec for this profile, without an enrollment id. Loads the server's token table
+        module, which a knock never needs."""
         from stealth.core.table import ClientSpec  # the server's table; a knock never loads it
 
         return ClientSpec(self.name, self.key, self.binding, self.ports)
 
     def to_doc(self) -> dict[str, Any]:
+        """The profile file's table, ready for TOML: the key in base64, optional fields only when set.
+        from_doc() reads it back."""
         doc: dict[str, Any] = {
             "format": PROFILE_FORMAT,
             "name": self.name,
@@ -88,6 +96,8 @@ class Profile(Record):
 
     @classmethod
     def from_doc(cls, path: str | os.PathLike[str], doc: Any, where: str = "") -> Profile:
+        """Validate a parsed profile document. Raises ConfigError naming `path` (and `where`, for a table
+        inside a larger document) and the field at fault."""
         f = Fields(path, doc, where)
         if f.text("format", PROFILE_FORMAT) != PROFILE_FORMAT:
             raise f.fault("format", "unsupported profile format")

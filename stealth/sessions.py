@@ -20,10 +20,12 @@ Flow = tuple[bytes, int, int]  # source address (4 or 16 bytes), source port, de
 
 
 def pack_key(src: bytes, sport: int, dport: int, key: Secret) -> bytes:
+    """One channel record: the flow (source address, source port, destination port) and its session key."""
     return _RECORD.pack(len(src), src, sport, dport, key.value)
 
 
 def unpack_key(record: bytes) -> tuple[Flow, Secret] | None:
+    """(flow, key) of one channel record; None for a record of the wrong size or address length."""
     if len(record) != _RECORD.size:
         return None
     n, src, sport, dport, key = _RECORD.unpack(record)
@@ -44,6 +46,8 @@ def key_channel() -> tuple[socket.socket, socket.socket]:
 
 
 def send_key(channel: socket.socket, src: bytes, sport: int, dport: int, key: Secret) -> bool:
+    """Send one session key to the acceptor without blocking. False when the channel is full or closed: that
+    connection then fails its proof and is reset (fail closed)."""
     try:
         channel.send(pack_key(src, sport, dport, key))
     except OSError:
@@ -76,6 +80,7 @@ class KeyStore:
                 del self.keys[next(iter(self.keys))]
 
     def close(self) -> None:
+        """Forget every key and close the channel (a relay keeps no other connection's key)."""
         self.keys.clear()
         if self.channel is not None:
             self.channel.close()

@@ -89,6 +89,8 @@ def os_error(path: StrPath, e: OSError, doing: str = "read") -> ConfigError:
 
 
 def read_bytes(path: StrPath, secret: bool = False) -> bytes:
+    """The whole file. ConfigError (one line naming it) when it is missing, not a regular file or unreadable,
+    or, with `secret`, readable by group or others."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -99,6 +101,7 @@ def read_bytes(path: StrPath, secret: bool = False) -> bytes:
 
 
 def read_toml(path: StrPath, secret: bool = False) -> dict[str, Any]:
+    """The table of a TOML file: read_bytes()'s checks, then parse_toml(); ConfigError naming the file."""
     return parse_toml(path, read_bytes(path, secret))
 
 
@@ -192,12 +195,14 @@ def _flat_int(text: str) -> int | None:
 
 
 def write_toml(path: StrPath, doc: dict[str, Any]) -> None:
+    """Write `doc` as TOML with atomic_write() (atomic, durable, 0600)."""
     import tomli_w  # only writers need it: a knock reads TOML and never loads the writer
 
     atomic_write(path, tomli_w.dumps(doc).encode())
 
 
 def read_json(path: StrPath) -> Any:
+    """The JSON document in `path`; ConfigError naming the file when it cannot be read or parsed."""
     import json  # not on a knock's path (only an old-format counter file is JSON)
 
     raw = read_bytes(path)
@@ -208,6 +213,7 @@ def read_json(path: StrPath) -> Any:
 
 
 def write_json(path: StrPath, doc: Any, durable: bool = True) -> None:
+    """Write `doc` as indented, key-sorted JSON with atomic_write() (0600; `durable` as there)."""
     import json
 
     atomic_write(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), durable=durable)
@@ -224,6 +230,8 @@ def stamp(path: StrPath) -> tuple[int, int, int] | None:
 
 
 def ensure_dir(path: StrPath) -> None:
+    """Create `path` (mode 0700; missing parents with the default mode) unless it exists; ConfigError when it
+    cannot be created or is not a directory."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)  # only `path` itself gets the mode, as with mkdir -p
     except OSError as e:
@@ -260,9 +268,12 @@ class Fields:
         self.where = where
 
     def fault(self, name: str, msg: str) -> ConfigError:
+        """The ConfigError for field `name` of this table: "<path>: [<where>.]<name>: <msg>"."""
         return ConfigError(self.path, f"{self.where}{'.' if self.where else ''}{name}: {msg}")
 
     def get(self, name: str, kind: type, default: Any = ...) -> Any:
+        """Field `name`, checked to be a `kind` (a bool is not an int). When it is missing: `default`, or
+        ConfigError if no default is given."""
         if name not in self.table:
             if default is ...:
                 raise self.fault(name, "missing")
@@ -273,6 +284,7 @@ class Fields:
         return value
 
     def integer(self, name: str, lo: int, hi: int, default: Any = ...) -> int:
+        """An integer field within lo..hi; ConfigError otherwise."""
         value: int = self.get(name, int, default)
         if not lo <= value <= hi:
             raise self.fault(name, f"must be in {lo}..{hi}")
@@ -287,6 +299,7 @@ class Fields:
         return value
 
     def ports(self, name: str, default: Any = ...) -> tuple[int, ...]:
+        """A non-empty list of ports 1..65535, as a sorted tuple without duplicates; ConfigError otherwise."""
         value = self.get(name, list, default)
         valid = all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in value)
         if not value or not valid:

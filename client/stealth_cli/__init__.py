@@ -23,9 +23,13 @@ class Stealth(click.Group):
     """A group whose subcommands are imported when used."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every subcommand name, whether or not its half is installed here."""
         return sorted(SUBCOMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Import the named half and return its click command. A server command on a client-only install
+        prints what to install and exits 1; under --help or shell completion it is a stub saying it is not
+        installed."""
         if cmd_name not in SUBCOMMANDS:
             return None
         module, attr, short = SUBCOMMANDS[cmd_name]

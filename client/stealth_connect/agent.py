@@ -49,6 +49,9 @@ SD_LISTEN_FDS_START = 3
 
 @dataclass(frozen=True)
 class Peer:
+    """A connected process's credentials as the kernel recorded them: pid, uid, primary gid, supplementary
+    groups."""
+
     pid: int
     uid: int
     gid: int
@@ -104,6 +107,9 @@ class Agent:
         self.served = 0
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        """Serve until `stop()` returns True (asked every TICK_SECONDS): each request gets a status byte and,
+        when it succeeds, one fresh socket whose SYN carries the ISN asked for. Idle connections are
+        closed."""
         while not stop():
             for key, _ in self.sel.select(TICK_SECONDS):
                 if key.fileobj is self.listener:
@@ -237,4 +243,5 @@ def bind_listener(path: str, gid: int) -> socket.socket:
 
 
 def log_stderr(line: str) -> None:
+    """The agent's log: one line on stderr, flushed at once (the journal, under systemd)."""
     print(f"stealth agent: {line}", file=sys.stderr, flush=True)

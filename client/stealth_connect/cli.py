@@ -19,6 +19,8 @@ USAGE_EXAMPLE = "ssh -o ProxyCommand='stealth-connect --name %n %h %p' HOST"
 
 
 def parser() -> argparse.ArgumentParser:
+    """The argparse parser of stealth-connect: the reference for every option, which parse_fast() must read
+    the same way."""
     import argparse
 
     p = argparse.ArgumentParser(
@@ -119,6 +121,9 @@ def parse(argv: list[str]) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """stealth-connect: knock (or connect plainly to a port the profile does not cover), then hand ssh the
+    socket (--fdpass) or relay stdin/stdout until the session ends. Returns the exit status: 0; 1 with one
+    line on stderr; 130 on ^C."""
     args = parse(sys.argv[1:] if argv is None else argv)
     import socket
 

@@ -57,6 +57,9 @@ CORRUPT_HINT = "the last used counter is unknown; ask the server's admin for a n
 
 
 class CounterState(Record):
+    """One key's counter file as read: the highest counter this client may have used, the last one answered,
+    and the knock still pending (its counter, and when it was first sent)."""
+
     __slots__ = ("last_ok", "last_used", "pending", "pending_since")
     last_used: int  # highest counter this client may have put in a SYN
     last_ok: int  # counter of the last knock that got an answer

@@ -70,10 +70,14 @@ def default_dir_name() -> str:
 
 
 def default_dir() -> Path:
+    """The client state directory: $STEALTH_CLIENT_DIR, else $XDG_CONFIG_HOME/stealth, else
+    ~/.config/stealth."""
     return _as_path(default_dir_name())
 
 
 def host_filename(host: str) -> str:
+    """The file name (without .toml) a host's profile is stored under: lowercase, characters outside
+    [A-Za-z0-9._:-] as "_". ClientError for an empty name or one that starts with "."."""
     host = host.strip().lower()
     if not host or host.startswith("."):
         raise ClientError(f"invalid host name {host!r}")
@@ -151,9 +155,11 @@ class ClientStore:
         return _as_path(self.dir_name)
 
     def profile_file(self, host: str) -> str:
+        """Where the profile for `host` is, or would be, stored: <dir>/hosts/<host_filename>.toml."""
         return _join(self.dir_name, "hosts", f"{host_filename(host)}.toml")
 
     def profile_path(self, host: str) -> Path:
+        """profile_file() as a Path."""
         return _as_path(self.profile_file(host))
 
     def counter_file(self, profile: Profile) -> str:
@@ -162,9 +168,12 @@ class ClientStore:
         return _join(self.dir_name, "counters", f"{_key_id(profile.key)}{SUFFIX}")
 
     def counter_path(self, profile: Profile) -> Path:
+        """counter_file() as a Path."""
         return _as_path(self.counter_file(profile))
 
     def import_profile(self, source: StrPath, host: str) -> Path:
+        """Read the profile file `source` (0600 enforced, validated) and store it for `host` with
+        save_profile(); ConfigError naming the file when it is unsafe, unreadable or invalid."""
         return self.save_profile(load_profile(source), host)
 
     def save_profile(self, profile: Profile, host: str) -> Path:

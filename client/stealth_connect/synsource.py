@@ -26,15 +26,21 @@ START_AGENT_HINT = ("ask root to start the stealth agent (`stealth client agent`
 class SynSource(Protocol):
     """Makes fresh, unbound TCP sockets whose connect() will send the SYN with a chosen ISN."""
 
-    def socket_for(self, family: int, isn: int) -> socket.socket: ...
+    def socket_for(self, family: int, isn: int) -> socket.socket:
+        """A fresh, unbound TCP socket of `family` whose connect() sends its SYN with `isn`. ClientError
+        (one line) when it cannot be made; nothing is spent either way."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the source holds (the agent connection); sockets it made stay usable."""
+        ...
 
 
 class LocalRepair:
     """This process has CAP_NET_ADMIN: it prepares the socket itself."""
 
     def socket_for(self, family: int, isn: int) -> socket.socket:
+        """repaired_socket() in this process (PermissionError without CAP_NET_ADMIN)."""
         return repaired_socket(family, isn)
 
     def close(self) -> None:
@@ -77,6 +83,9 @@ class AgentLink:
         self._conn, self._requests = conn, 0
 
     def socket_for(self, family: int, isn: int) -> socket.socket:
+        """Ask the agent for the socket, once more on a fresh connection if it closed an idle one. ClientError
+        (one line) when it refuses, fails or passes a socket of the wrong kind; nothing is spent either
+        way."""
         try:
             status, fds = self._ask(family, isn)
         except OSError:
@@ -111,12 +120,14 @@ class AgentLink:
         return status, fds
 
     def close(self) -> None:
+        """Close the connection to the agent (idempotent); a later socket_for() opens a new one."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
 
 def agent_path() -> str:
+    """The agent's socket: $STEALTH_AGENT_SOCKET, else /run/stealth/agent.sock."""
     return os.environ.get(AGENT_SOCKET_ENV) or DEFAULT_AGENT_SOCKET
 
 

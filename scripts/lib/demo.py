@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from netlab import send_raw
-from stealthlab import client_venv, replies, stealth_lab, syns
-from userlab import NOBODY, Agent, User, make_user, shared_dir, throwaway_group
+from scripts.lib.netlab import send_raw
+from scripts.lib.stealthlab import client_venv, replies, stealth_lab, syns
+from scripts.lib.userlab import NOBODY, Agent, User, make_user, shared_dir, throwaway_group
 
 
 def say(text: str) -> None:
@@ -31,8 +31,8 @@ def show(argv: list[str], result: subprocess.CompletedProcess[str]) -> None:
 def steal_next_knock(sl: Any, alice: User, host: str) -> dict[str, Any]:
     """Connect from the attacker with alice's next token, without her key: what a thief gets."""
     from stealth_connect.profiles import ClientStore, load_profile
-    from stealthlab import use_token
 
+    from scripts.lib.stealthlab import use_token
     from stealth.core.token import derive
 
     prof = load_profile(ClientStore(alice.state_dir).find(host))

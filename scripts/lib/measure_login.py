@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from stealthlab import stealth_lab, write_results
+from scripts.lib.stealthlab import stealth_lab, write_results
 
 
 def main() -> int:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from netlab import send_raw
-from stealthlab import stealth_lab, write_results
+from scripts.lib.netlab import send_raw
+from scripts.lib.stealthlab import stealth_lab, write_results
 
 INTERVAL_SECONDS = 0.002
 BASE_SPORT = {22: 20000, 23: 40000}

@@ -9,8 +9,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from netlab import Host, Lab, run
-from stealthlab import StealthLab, prepare
+from scripts.lib.netlab import Host, Lab, run
+from scripts.lib.stealthlab import StealthLab, prepare
 
 CLIENT_NET = "203.0.113"
 ROUTER_LAN_IP = "198.51.100.254"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import Host, Lab, LabError, Roles, run, wait_for
+from scripts.lib.netlab import Host, Lab, LabError, Roles, run, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 SSHD = "/usr/sbin/sshd"

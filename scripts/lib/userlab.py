@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import LabError
+from scripts.lib.netlab import LabError
 
 NOBODY = 65534  # uid and gid (nogroup) of a user who is nobody in particular
 ANSWER = "agent-ok"

@@ -77,6 +77,8 @@ class Syn:
         return None
 
     def checksum_ok(self) -> bool:
+        """True when the TCP checksum over the pseudo-header is right. A pass over the whole packet: the gate
+        checks it only after a table hit."""
         segment = self.raw[self.tcp_offset :]
         proto_len = struct.pack("!HH", IPPROTO_TCP, len(segment))
         return internet_checksum(self.src + self.dst + proto_len + segment) == 0

@@ -61,9 +61,11 @@ class PortRange(Record):
 
     @property
     def bits(self) -> float:
+        """log2(count): the source port's share of a token's bits."""
         return math.log2(self.count)
 
     def port(self, value: int) -> int:
+        """The source port a token word selects: low + step * (value mod count)."""
         return self.low + self.step * (value % self.count)
 
 
@@ -128,6 +130,8 @@ def token_input(binding: Binding, dport: int, counter: int) -> bytes:
 
 
 def mac(key: Secret, person: bytes, data: bytes, size: int) -> bytes:
+    """Keyed BLAKE2b of `data`, `size` bytes, separated from other uses of the key by `person` (16 bytes).
+    Every derivation goes through it."""
     return blake2b(data, digest_size=size, key=key.value, person=person).digest()
 
 
