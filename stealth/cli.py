@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -20,6 +21,7 @@ from stealth.constants import (
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
     DEFAULT_QUEUE_NUM,
+    DEFAULT_ROTATION_OVERLAP_SECONDS,
     DEFAULT_SEAL_DEADLINE_MS,
     DEFAULT_SYN_RATE_PER_SECOND,
     DEFAULT_WINDOW,
@@ -29,6 +31,7 @@ from stealth.core.token import PortRange, token_bits
 from stealth.errors import ConfigError, StealthError
 from stealth.profile import Profile
 from stealth.server_state import UNAUTH_CHOICES, ServerConfig, ServerState
+from stealth.status import utc
 
 F = TypeVar("F", bound=Callable[..., Any])
 STDOUT = Path("-")
@@ -266,12 +269,13 @@ def add_clients(names_from: TextIO, ports: tuple[int, ...] | None, state: Server
 @reports_errors
 def export_profile(name: str, state: ServerState, profile_out: Path) -> None:
     """Write an enrolled client's profile again (a lost file, a reinstalled machine): the same key and
-    options. A client that lost its counter file as well gets back in by itself with a recovery knock."""
+    options (during a key rotation, the new key). A client that lost its counter file as well gets back
+    in by itself with a recovery knock."""
     enrolled = state.load_clients().get(name)
     if enrolled is None:
         raise ConfigError(state.clients_path, f"no enrolled client named {name!r}")
     profile_targets(name, None, profile_out)  # refuses to overwrite
-    write_profile(enrolled.profile, profile_out)
+    write_profile(enrolled.newest, profile_out)
     where = "standard output" if profile_out == STDOUT else str(profile_out)
     click.echo(f"profile of {name!r} written to {where}", err=profile_out == STDOUT)
 
@@ -284,6 +288,45 @@ def revoke(name: str, state: ServerState) -> None:
     """Revoke a client. A running server drops its knocks within ~2 s, no restart."""
     state.revoke(name)
     click.echo(f"revoked {name!r}")
+
+
+def parse_duration(value: str) -> int:
+    """Seconds from "90s", "30m", "12h", "7d" or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    scale = units.get(text[-1:], 0)
+    digits = text[:-1] if scale else text
+    if not digits.isdigit() or int(digits) <= 0:
+        raise click.BadParameter(f"{value!r}: expected a duration such as 90s, 30m, 12h or 7d")
+    return int(digits) * (scale or 1)
+
+
+@server.command()
+@click.argument("name")
+@with_state
+@click.option("--overlap", default=f"{DEFAULT_ROTATION_OVERLAP_SECONDS // 86400}d", show_default=True,
+              help="How long the old key keeps opening at most (90s, 30m, 12h, 7d); it stops sooner, at "
+              "the new key's first accepted knock.")
+@click.option("--profile-out", required=True, type=click.Path(path_type=Path, allow_dash=True),
+              help="Where to write the profile with the new key (mode 0600, never over an existing file), "
+              "or '-' for standard output.")
+@reports_errors
+def rotate(name: str, state: ServerState, overlap: str, profile_out: Path) -> None:
+    """Give a client a new key without locking it out: old and new key both open until the new one is
+    first used or the overlap ends. Rotating again before that replaces the unused new key."""
+    seconds = parse_duration(overlap)
+    profile_targets(name, None, profile_out)  # refuses to overwrite
+    now = time.time()
+    profile, rotation, previous = state.rotate(name, seconds, now)
+    try:
+        write_profile(profile, profile_out)
+    except StealthError:
+        state.undo_rotation(name, rotation, previous)
+        raise
+    where = "standard output" if profile_out == STDOUT else str(profile_out)
+    note = "; the earlier rotation's new key, never used, no longer opens" if previous else ""
+    click.echo(f"rotated {name!r}: profile with the new key written to {where}; the old key opens until "
+               f"{utc(now + seconds)} or the new key's first login{note}", err=profile_out == STDOUT)
 
 
 @server.command()

@@ -55,6 +55,9 @@ PENDING_KNOCK_SECONDS: Final = 20.0
 DEFAULT_QUEUE_NUM: Final = 50
 DEFAULT_MARK: Final = 0x10000000
 MAX_PROTECTED_PORTS: Final = 15  # iptables multiport limit
+MAX_CLIENT_NAME_CHARS: Final = 64
+DEFAULT_ROTATION_OVERLAP_SECONDS: Final = 7 * 86400  # a rotated client's old key opens this long at most
+MAX_REVOKED_KEYS: Final = 10_000  # revoked keys whose live tokens the daemon keeps, to log their knocks
 # The daemon's transparent listener on loopback, which TPROXY hands accepted knocks to. Above Linux's
 # ephemeral range (32768-60999), so no outgoing connection of the host can hold it.
 DEFAULT_ACCEPT_PORT: Final = 61050

@@ -31,6 +31,7 @@ from stealth.core.gate import Command, Gate, LogAccept, LogRefusal, PersistCount
 from stealth.core.packet import Reason
 from stealth.core.ratelimit import LogLimiter
 from stealth.core.recovery import slot_of
+from stealth.core.rotation import client_name
 from stealth.core.secret import Secret
 from stealth.core.table import TokenTable
 from stealth.errors import ConfigError, StealthError
@@ -70,10 +71,12 @@ def sync_table(table: TokenTable, state: ServerState, config: ServerConfig, coun
 def sync_steps(
     table: TokenTable, state: ServerState, config: ServerConfig, counters: dict[str, int]
 ) -> Iterator[None]:
+    """table.sync_steps() from clients.jsonl: every key that opens now (time.time()), at the higher of its
+    stored counter and its admin floor."""
+    specs = state.iter_specs(config, time.time())
     try:
         yield from table.sync_steps(
-            (spec, max(counters.get(spec.ident.hex(), 0), floor)) for spec, floor in state.iter_specs(config)
-        )
+            (spec, max(counters.get(spec.ident.hex(), 0), floor)) for spec, floor in specs)
     except ValueError as e:  # enrolled twice, too many distinct ports
         raise ConfigError(state.clients_path, str(e)) from None
 
@@ -87,10 +90,10 @@ def check_steps(state: ServerState, config: ServerConfig, chunk: int = 2000) -> 
     """Validate all of clients.jsonl without touching the table, so a bad reload keeps the old clients
     instead of leaving them half replaced (sync streams and changes the table as it reads)."""
     names: set[str] = set()
-    for spec, _ in state.iter_specs(config):
-        if spec.name in names:
-            raise ConfigError(state.clients_path, f"client {spec.name!r} is enrolled twice")
-        names.add(spec.name)
+    for record in state.iter_records(config):
+        if record.name in names:
+            raise ConfigError(state.clients_path, f"client {record.name!r} is enrolled twice")
+        names.add(record.name)
         if len(names) % chunk == 0:
             yield
 
@@ -158,8 +161,8 @@ class Server:
     def _log_refusals(self, commands: tuple[Command, ...], now: float) -> None:
         for c in commands:
             if isinstance(c, LogRefusal) and self.refusals.allow(c.reason, now):
-                log.warning("refused reason=%s client=%s port=%d src=[%s]:%d", c.reason, c.client, c.dport,
-                            format_addr(c.src), c.sport)
+                log.warning("refused reason=%s client=%s port=%d src=[%s]:%d", c.reason,
+                            client_name(c.client), c.dport, format_addr(c.src), c.sport)
 
     def _log_suppressed(self, now: float, final: bool = False) -> None:
         """One line for the refusals the limiter held back, once per REFUSAL_SUMMARY_SECONDS at most."""
@@ -198,10 +201,14 @@ class Server:
                 send_key(self.keys, logline.src, logline.sport, logline.dport, session_key)
             if logline is not None:
                 log.info(
-                    "accept client=%s port=%d src=[%s]:%d counter=%d%s", logline.client, logline.dport,
-                    format_addr(logline.src), logline.sport, logline.counter,
-                    " recovery" if logline.recovery else "",
+                    "accept client=%s port=%d src=[%s]:%d counter=%d%s%s", client_name(logline.client),
+                    logline.dport, format_addr(logline.src), logline.sport, logline.counter,
+                    " recovery" if logline.recovery else "", " new-key" if logline.client != client_name(
+                        logline.client) else "",
                 )
+            if logline is not None and logline.retired is not None:
+                log.info("key rotated client=%s: its new key was used, the old key no longer opens",
+                         logline.retired)
         return ok
 
     def _persist(self, pending: list[PendingAccept], ok: list[bool]) -> None:
@@ -325,6 +332,13 @@ class Server:
                     return
         except StopIteration:
             self._slot_move = None
+
+    def retire_expired(self) -> None:
+        """Take out the old keys of rotations whose deadline has passed (the clients file stops listing
+        them at the same time, so a reload agrees)."""
+        for name in self.table.retire_expired(time.time()):
+            self._by_ident = None
+            log.info("key rotated client=%s: the old key's deadline passed, it no longer opens", name)
 
     def status(self, families: list[int]) -> dict[str, object]:
         return {
@@ -574,6 +588,7 @@ class Server:
             if self._reload is None and (now >= next_status or self.accepts.folding):
                 self.accepts.flush(RELOAD_STEP_SECONDS)  # a fold keeps the clients the table knows
             if now >= next_status:
+                self.retire_expired()
                 try:
                     self.state.write_status({**self.status(families), "running": True}, self.worker)
                 except StealthError as e:

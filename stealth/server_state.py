@@ -8,29 +8,33 @@
 # (the layout before /etc/stealth, and every test's), and one that still holds a server.toml is read from
 # there. Admin commands rewrite clients.jsonl under a lock, atomically; the running server notices and
 # reloads.
-import base64
-import binascii
-import ipaddress
 import json
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from stealth.backend import Backend, default_backend, parse_backend
+from stealth.clients_file import (
+    CLIENTS_FORMAT,
+    CLIENTS_HEADER,
+    ClientRecord,
+    ClientsReader,
+    PendingRotation,
+    check_name,
+    dump_line,
+    load_line,
+    record_of,
+)
 from stealth.constants import (
     CONFIG_DIR_ENV,
-    COUNTER_MAX,
     DAEMON_STALE_SECONDS,
     DEFAULT_ACCEPT_PORT,
     DEFAULT_CONFIG_DIR,
     DEFAULT_MARK,
-    DEFAULT_PORT_HIGH,
-    DEFAULT_PORT_LOW,
-    DEFAULT_PORT_STEP,
     DEFAULT_QUEUE_NUM,
     DEFAULT_SEAL_DEADLINE_MS,
     DEFAULT_STATE_DIR,
@@ -47,7 +51,7 @@ from stealth.constants import (
 from stealth.core.secret import Secret
 from stealth.core.table import ClientSpec
 from stealth.core.token import Binding, PortRange
-from stealth.counterlog import CounterLog, is_ident
+from stealth.counterlog import CounterLog
 from stealth.errors import ConfigError
 from stealth.profile import Profile
 from stealth.store import (
@@ -63,9 +67,6 @@ from stealth.store import (
     write_json,
     write_toml,
 )
-
-NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
-
 
 UNAUTH_CHOICES = ("auto", "drop", "reset")
 
@@ -94,21 +95,23 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class Enrolled:
-    """A client record: its profile, the id its counter is stored under, and an admin resync floor."""
+    """A client record with its profile as the server would hand it out (its current key)."""
 
+    record: ClientRecord
     profile: Profile
-    enrollment: str
-    counter_floor: int = 0
+    newest: Profile  # the profile to hand out: with a pending rotation's new key, else `profile`
 
-    def spec(self) -> ClientSpec:
-        p = self.profile
-        return ClientSpec(p.name, p.key, p.binding, p.ports, bytes.fromhex(self.enrollment))
+    @property
+    def enrollment(self) -> str:
+        return self.record.enrollment
 
+    @property
+    def counter_floor(self) -> int:
+        return self.record.counter_floor
 
-def check_name(name: str) -> str:
-    if not name or len(name) > 64 or not set(name) <= NAME_CHARS:
-        raise ConfigError("client name", f"{name!r} must be 1..64 of letters, digits and ._-@")
-    return name
+    @property
+    def rotation(self) -> PendingRotation | None:
+        return self.record.rotation
 
 
 def first_dir(value: str | None) -> Path | None:
@@ -272,19 +275,27 @@ class ServerState(DaemonFiles):
             return 0
         return max(0, n - 1)
 
-    def iter_clients(self, config: ServerConfig | None = None) -> Iterator[Enrolled]:
-        """Every enrolled client, streamed and validated line by line (a million clients never sit in
-        memory as documents at once). Server id and window are the server's."""
-        config = config or self.load_config()
-        reader = ClientsReader(self.clients_path, config)
+    def iter_records(self, config: ServerConfig) -> Iterator[ClientRecord]:
+        """Every client record, streamed and checked line by line (a million clients never sit in
+        memory as documents at once)."""
+        reader = ClientsReader(self.clients_path, config.server_id)
         for lineno, line in self._lines():
-            yield reader.parse(lineno, line)
+            yield reader.record(lineno, line)
 
-    def iter_specs(self, config: ServerConfig) -> Iterator[tuple[ClientSpec, int]]:
-        """(spec, admin counter floor) per client: what the token table is built from."""
-        reader = ClientsReader(self.clients_path, config)
+    def iter_clients(self, config: ServerConfig | None = None) -> Iterator[Enrolled]:
+        """Every enrolled client with its profile (server id, window and sealed ports are the server's)."""
+        config = config or self.load_config()
+        for record in self.iter_records(config):
+            args = (config.server_id, config.window, config.sealed)
+            yield Enrolled(record, record.profile(*args), record.profile(*args, newest=True))
+
+    def iter_specs(self, config: ServerConfig, now_s: float) -> Iterator[tuple[ClientSpec, int]]:
+        """(spec, admin counter floor) of every key that may open at `now_s` (unix seconds): what the
+        token table is built from. A client in a rotation has two (clients_file.ClientRecord.specs)."""
+        reader = ClientsReader(self.clients_path, config.server_id)
         for lineno, line in self._lines():
-            yield reader.spec(lineno, line)
+            record = reader.record(lineno, line)
+            yield from record.specs(reader.binding(record), now_s)
 
     def load_clients(self) -> dict[str, Enrolled]:
         out: dict[str, Enrolled] = {}
@@ -317,14 +328,17 @@ class ServerState(DaemonFiles):
     def _rewrite(self, change: Callable[[dict[str, Any]], dict[str, Any] | None],
                  append: Iterable[bytes] = (), before_commit: Callable[[], None] = lambda: None) -> None:
         """Stream clients.jsonl into a replacement (atomic, 0600): `change` maps each client document to
-        its new form (None: remove it); `append` adds lines at the end. If anything raises, including
-        `before_commit`, the old file stays as it was."""
+        its new form (None: remove it); `append` adds lines at the end. Finished key rotations are folded
+        in on the way (ClientRecord.settle). If anything raises, including `before_commit`, the old file
+        stays as it was."""
+        settle = _Settler(self)
         with atomic_writer(self.clients_path) as out:
             out.write(CLIENTS_HEADER)
             if self.clients_path.exists():
                 for lineno, line in self._lines():
                     doc = load_line(self.clients_path, lineno, line)
-                    new = change(doc)
+                    settled = settle(lineno, doc)
+                    new = change(settled)
                     if new is not None:
                         out.write(line if new is doc else dump_line(new))
             for line in append:
@@ -377,7 +391,7 @@ class ServerState(DaemonFiles):
                     raise ConfigError(self.clients_path, f"client {doc.get('name')!r} is already enrolled")
                 return doc
 
-            self._rewrite(keep, (dump_line(client_doc(p, secrets.token_hex(8))) for p in profiles))
+            self._rewrite(keep, (dump_line(record_of(p, new_enrollment()).to_doc()) for p in profiles))
         return profiles
 
     def revoke(self, *names: str) -> None:
@@ -400,6 +414,35 @@ class ServerState(DaemonFiles):
 
         with locked(self.admin_lock):
             self._rewrite(drop, before_commit=check)
+
+    def rotate(self, name: str, overlap_s: int, now_s: float
+               ) -> tuple[Profile, PendingRotation, PendingRotation | None]:
+        """Give client `name` a new key; its old key keeps opening until the new one is first used or
+        `overlap_s` seconds from `now_s` have passed (core/rotation.py). Returns the profile with the new
+        key, the rotation, and the earlier pending rotation it replaced (whose unused new key no longer
+        opens), for undo_rotation()."""
+        config = self.load_config()
+        rotation = PendingRotation(Secret(secrets.token_bytes(KEY_BYTES)), new_enrollment(),
+                                   int(now_s) + overlap_s)
+        out: list[tuple[Profile, PendingRotation, PendingRotation | None]] = []
+
+        def rotate_one(record: ClientRecord) -> ClientRecord:
+            new = replace(record, rotation=rotation)
+            profile = new.profile(config.server_id, config.window, config.sealed, newest=True)
+            out.append((profile, rotation, record.rotation))
+            return new
+
+        self._change_record(name, rotate_one)
+        return out[0]
+
+    def undo_rotation(self, name: str, rotation: PendingRotation, previous: PendingRotation | None) -> None:
+        """Put back `previous` where `rotation` (from rotate()) still stands: its profile never reached
+        the client."""
+        self._change_record(name, lambda r: replace(r, rotation=previous) if r.rotation == rotation else r)
+
+    def _change_record(self, name: str, change: Callable[[ClientRecord], ClientRecord]) -> None:
+        reader = ClientsReader(self.clients_path, self.load_config().server_id)
+        self._change_one(name, lambda doc: change(reader.from_doc(0, doc)).to_doc())
 
     def resync(self, name: str, counter: int) -> None:
         """Move a client's window forward so counter+1 .. counter+W are live. Never backward."""
@@ -436,6 +479,32 @@ class ServerState(DaemonFiles):
         return self.counter_log().read()
 
 
+def new_enrollment() -> str:
+    """A fresh enrollment id: what a key's counter is stored under (counterlog.is_ident)."""
+    return secrets.token_hex(8)
+
+
+class _Settler:
+    """Folds finished rotations into clients.jsonl documents during a rewrite; reads server.toml and the
+    counters only when the file holds a rotation."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.now_s = time.time()
+        self.reader: ClientsReader | None = None
+        self.counters: dict[str, int] = {}
+
+    def __call__(self, lineno: int, doc: dict[str, Any]) -> dict[str, Any]:
+        if "next_key" not in doc:
+            return doc
+        if self.reader is None:
+            self.reader = ClientsReader(self.state.clients_path, self.state.load_config().server_id)
+            self.counters = self.state.load_counters()
+        record = self.reader.from_doc(lineno, doc)
+        settled = record.settle(self.counters, self.now_s)
+        return doc if settled is record else settled.to_doc()
+
+
 def check_config(path: Path, config: ServerConfig) -> None:
     try:
         Binding(config.server_id)
@@ -468,135 +537,3 @@ def read_backends(f: Fields) -> tuple[tuple[int, Backend], ...]:
         except ValueError as e:
             raise f.fault("backends", str(e)) from None
     return tuple(out)
-
-
-CLIENTS_FORMAT = "stealth-clients-v1"
-CLIENTS_HEADER = (json.dumps({"format": CLIENTS_FORMAT}) + "\n").encode()
-_CLIENT_FIELDS = {"name", "key", "enrollment", "ports", "port_bits", "port_low", "port_high", "port_step",
-                  "bind_source", "counter_floor"}
-
-
-def client_doc(profile: Profile, enrollment: str, counter_floor: int = 0) -> dict[str, Any]:
-    """One clients.jsonl line: the profile's own fields (server id and window are the server's), with
-    defaults left out so a million lines stay small."""
-    doc: dict[str, Any] = {
-        "name": profile.name, "key": base64.b64encode(profile.key.value).decode(), "enrollment": enrollment,
-        "ports": list(profile.ports),
-    }
-    if not profile.port_bits:
-        doc["port_bits"] = False
-    if profile.port_range != PortRange():
-        doc.update(port_low=profile.port_range.low, port_high=profile.port_range.high,
-                   port_step=profile.port_range.step)
-    if profile.bind_source:
-        doc["bind_source"] = profile.bind_source
-    if counter_floor:
-        doc["counter_floor"] = counter_floor
-    return doc
-
-
-def dump_line(doc: dict[str, Any]) -> bytes:
-    return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
-
-
-def load_line(path: Path, lineno: int, line: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(path, f"line {lineno}: invalid JSON ({getattr(e, 'msg', 'not UTF-8')})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(path, f"line {lineno}: expected an object")
-    return doc
-
-
-class ClientsReader:
-    """Validates clients.jsonl lines for one server, sharing Binding and port tuples between clients."""
-
-    def __init__(self, path: Path, config: ServerConfig) -> None:
-        self.path = path
-        self.config = config
-        self._bindings: dict[tuple[bool, PortRange, str | None], Binding] = {}
-        self._ports: dict[tuple[int, ...], tuple[int, ...]] = {}
-        self._default_range = PortRange()
-
-    def _fault(self, lineno: int, name: object, what: str) -> ConfigError:
-        who = f" ({name})" if isinstance(name, str) and set(name) <= NAME_CHARS else ""
-        return ConfigError(self.path, f"line {lineno}{who}: {what}")
-
-    def _int(self, lineno: int, doc: dict[str, Any], field: str, lo: int, hi: int, default: int) -> int:
-        v = doc.get(field, default)
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise self._fault(lineno, doc.get("name"), f"{field}: must be an integer in {lo}..{hi}")
-        return v
-
-    def fields(self, lineno: int, line: bytes) -> tuple[
-        str, bytes, str, tuple[int, ...], bool, PortRange, str | None, int
-    ]:
-        doc = load_line(self.path, lineno, line)
-        name = doc.get("name")
-        if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= NAME_CHARS:
-            raise self._fault(lineno, None, "name: must be 1..64 of letters, digits and ._-@")
-        unknown = doc.keys() - _CLIENT_FIELDS
-        if unknown:
-            raise self._fault(lineno, name, f"unknown field {sorted(unknown)[0]!r}")
-        key = doc.get("key")
-        try:
-            raw = base64.b64decode(key, validate=True) if isinstance(key, str) else b""
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != KEY_BYTES:
-            raise self._fault(lineno, name, f"key: must be {KEY_BYTES} bytes in base64")
-        enrollment = doc.get("enrollment")
-        if not isinstance(enrollment, str) or not is_ident(enrollment):
-            raise self._fault(lineno, name, "enrollment: must be 16 lowercase hex digits")
-        ports = doc.get("ports")
-        if (
-            not isinstance(ports, list) or not ports or len(ports) > MAX_PROTECTED_PORTS
-            or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports)
-        ):
-            raise self._fault(lineno, name, f"ports: expected 1..{MAX_PROTECTED_PORTS} ports in 1..65535")
-        port_tuple = tuple(sorted(set(ports)))
-        port_tuple = self._ports.setdefault(port_tuple, port_tuple)
-        port_bits = doc.get("port_bits", True)
-        if not isinstance(port_bits, bool):
-            raise self._fault(lineno, name, "port_bits: expected true or false")
-        port_range = self._default_range
-        if "port_low" in doc or "port_high" in doc or "port_step" in doc:
-            try:
-                port_range = PortRange(
-                    self._int(lineno, doc, "port_low", 1, 65535, DEFAULT_PORT_LOW),
-                    self._int(lineno, doc, "port_high", 1, 65535, DEFAULT_PORT_HIGH),
-                    self._int(lineno, doc, "port_step", 1, 2, DEFAULT_PORT_STEP),
-                )
-            except ValueError as e:
-                raise self._fault(lineno, name, str(e)) from None
-        source = doc.get("bind_source")
-        if source is not None:
-            try:
-                if not isinstance(source, str):
-                    raise ValueError
-                ipaddress.ip_address(source)
-            except ValueError:
-                raise self._fault(lineno, name, "bind_source: not an IP address") from None
-        floor = self._int(lineno, doc, "counter_floor", 0, COUNTER_MAX, 0)
-        return name, raw, enrollment, port_tuple, port_bits, port_range, source, floor
-
-    def spec(self, lineno: int, line: bytes) -> tuple[ClientSpec, int]:
-        name, raw, enrollment, ports, port_bits, port_range, source, floor = self.fields(lineno, line)
-        shape = (port_bits, port_range, source)
-        binding = self._bindings.get(shape)
-        if binding is None:
-            packed = ipaddress.ip_address(source).packed if source else None
-            binding = Binding(self.config.server_id, port_bits, port_range, packed)
-            if source is None:  # bound clients each have their own; only shared shapes are kept
-                self._bindings[shape] = binding
-        return ClientSpec(name, Secret(raw), binding, ports, bytes.fromhex(enrollment)), floor
-
-    def parse(self, lineno: int, line: bytes) -> Enrolled:
-        name, raw, enrollment, ports, port_bits, port_range, source, floor = self.fields(lineno, line)
-        profile = Profile(
-            name=name, server_id=self.config.server_id, key=Secret(raw), ports=ports,
-            window=self.config.window, port_bits=port_bits, port_range=port_range, bind_source=source,
-            sealed=tuple(p for p in ports if p in self.config.sealed),
-        )
-        return Enrolled(profile, enrollment, floor)

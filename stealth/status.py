@@ -6,7 +6,7 @@
 import time
 from typing import Any
 
-from stealth.accepts import read_last_accepts
+from stealth.accepts import LastAccept, read_last_accepts
 from stealth.server_state import ServerState
 
 DAEMON_STATES = {
@@ -27,15 +27,19 @@ def status_doc(state: ServerState) -> dict[str, Any]:
     config = state.load_config()
     counters = state.load_counters()
     accepts = read_last_accepts(state.accept_files())
+    now = time.time()
     clients = []
-    for name, e in sorted(state.load_clients().items()):
-        last = accepts.get(e.enrollment)
+    for _, e in sorted(state.load_clients().items()):
+        record = e.record.settle(counters, now)  # a finished rotation shows as done before it is folded
+        last = accepts.get(record.enrollment)
+        rotation = record.rotation
         clients.append({
-            "name": name, "ports": list(e.profile.ports),
-            "last_counter": max(counters.get(e.enrollment, 0), e.counter_floor),
-            "port_bits": e.profile.port_bits, "bind_source": e.profile.bind_source,
-            "last_accept": None if last is None else {
-                "time": utc(last.unix_time), "unix_time": last.unix_time, "source": last.source},
+            "name": record.name, "ports": list(record.ports),
+            "last_counter": max(counters.get(record.enrollment, 0), record.counter_floor),
+            "port_bits": record.port_bits, "bind_source": record.bind_source,
+            "last_accept": accept_doc(last),
+            "rotation": None if rotation is None else {  # pending: the new key was never used
+                "old_key_until": utc(rotation.until_s), "old_key_unix_until": rotation.until_s},
         })
     return {
         "server_id": config.server_id, "config_file": str(state.config_path), "state_dir": str(state.dir),
@@ -46,6 +50,11 @@ def status_doc(state: ServerState) -> dict[str, Any]:
         "seal_deadline_ms": config.seal_deadline_ms,
         "clients": clients, "server": daemon_doc(state),
     }
+
+
+def accept_doc(last: LastAccept | None) -> dict[str, Any] | None:
+    return None if last is None else {
+        "time": utc(last.unix_time), "unix_time": last.unix_time, "source": last.source}
 
 
 def daemon_doc(state: ServerState) -> dict[str, Any] | None:
@@ -88,8 +97,11 @@ def client_line(c: dict[str, Any]) -> str:
         opts.append(f"bind-source={c['bind_source']}")
     last = c["last_accept"]
     seen = "never accepted" if last is None else f"last accepted {last['time']} from {last['source']}"
+    rotation = c["rotation"]
+    rotating = "" if rotation is None else (
+        f"; rotating: the new key was never used, the old one opens until {rotation['old_key_until']}")
     return (f"  {c['name']}: ports {','.join(map(str, c['ports']))} last counter {c['last_counter']}"
-            + (f" ({', '.join(opts)})" if opts else "") + f"; {seen}")
+            + (f" ({', '.join(opts)})" if opts else "") + f"; {seen}{rotating}")
 
 
 def daemon_lines(d: dict[str, Any] | None) -> list[str]:

@@ -9,6 +9,7 @@ import enum
 from dataclasses import dataclass, field
 
 from stealth.core.packet import Reason, Syn, parse_syn
+from stealth.core.rotation import predecessor_name
 from stealth.core.secret import Secret
 from stealth.core.table import Entry, TokenTable
 from stealth.core.token import session_key
@@ -30,7 +31,8 @@ class PersistCounter:
 
 @dataclass(frozen=True)
 class LogAccept:
-    """Log one accepted knock (its counter: for a recovery token, the client's new base)."""
+    """Log one accepted knock (its counter: for a recovery token, the client's new base). `retired`: the
+    knock was the first with a rotated client's new key, and the old key stopped opening with it."""
 
     client: str
     dport: int
@@ -38,12 +40,14 @@ class LogAccept:
     sport: int
     counter: int
     recovery: bool
+    retired: str | None = None
 
 
 @dataclass(frozen=True)
 class LogRefusal:
-    """Log one refused knock that carried a known client's token (a replay, or a token bound to another
-    source): the one kind of drop worth a line with its source. The executor rate-limits these lines."""
+    """Log one refused knock that carried a known client's token (a replay, a token bound to another
+    source, a revoked key's): the one kind of drop worth a line with its source. The executor
+    rate-limits these lines."""
 
     reason: Reason
     client: str
@@ -96,6 +100,8 @@ class Gate:
         entry = self.table.lookup(syn.dport, syn.isn, syn.sport)
         if entry is None:
             return DROP[Reason.UNKNOWN_TOKEN]
+        if self.table.is_revoked(entry.index):
+            return _refused(Reason.REVOKED, entry, syn)
         bound = self.table.binding_of(entry.index).source
         if bound is not None and bound != syn.src:
             return _refused(Reason.WRONG_SOURCE, entry, syn)
@@ -103,14 +109,16 @@ class Gate:
             return DROP[Reason.BAD_CHECKSUM]
         if entry.spent:
             return _refused(Reason.REPLAY, entry, syn)
-        counter = self.table.consume(entry)
         name = entry.name
+        old = predecessor_name(name)
+        retired = old if old is not None and old in self.table.index else None
+        counter = self.table.consume(entry)  # retires the old key of a rotation (core/rotation.py)
         return Decision(
             Verdict.ACCEPT,
             Reason.RECOVERY if entry.recovery else Reason.VALID,
             (
                 PersistCounter(name, counter, syn.src),
-                LogAccept(name, syn.dport, syn.src, syn.sport, counter, recovery=entry.recovery),
+                LogAccept(name, syn.dport, syn.src, syn.sport, counter, entry.recovery, retired),
             ),
             client=name,
             session_key=_session(entry),

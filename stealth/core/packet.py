@@ -35,6 +35,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_TOKEN = "unknown_token"  # noqa: S105 -- a reason name, not a secret
     REPLAY = "replay"
     WRONG_SOURCE = "wrong_source"
+    REVOKED = "revoked"  # a token of a revoked key, or of a rotated client's old key
     BAD_CHECKSUM = "bad_checksum"
     PERSIST_FAILED = "persist_failed"
     INTERNAL_ERROR = "internal_error"

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from stealth.constants import (
     COUNTER_MAX,
     DEFAULT_WINDOW,
+    MAX_REVOKED_KEYS,
     MAX_WINDOW,
     RECOVERY_COUNTER_FLAG,
     RECOVERY_SLOT_SKEW,
 )
 from stealth.core.recovery import live_slots, recovery_base, recovery_counter
+from stealth.core.rotation import predecessor_name, successor_name
 from stealth.core.secret import Secret
 from stealth.core.token import Binding, wire_series
 
@@ -47,13 +49,16 @@ assert 2 * MAX_WINDOW <= 1 << _CBITS
 @dataclass(frozen=True, slots=True)
 class ClientSpec:
     """An enrolled client as the server sees it. `ident` is an opaque 0- or 8-byte id the server keys the
-    client's durable counter by."""
+    client's durable counter by. `expires_s`: the unix time from which this key no longer opens (the old
+    key of a pending rotation, core/rotation.py); the table drops it when retire_expired(now) is called at
+    or after that time. None: it never expires."""
 
     name: str
     key: Secret = field(repr=False)
     binding: Binding
     ports: tuple[int, ...]
     ident: bytes = b""
+    expires_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,9 @@ class TokenTable:
         self._shapes: list[tuple[Binding, tuple[int, ...]]] = []
         self._shape_ids: dict[tuple[Binding, tuple[int, ...]], int] = {}
         self._free: list[int] = []
+        self._expires: dict[int, float] = {}  # client index -> expires_s, for the few clients with one
+        self._revoked: set[int] = set()  # revoked keys whose tokens stay (remove(revoke=True))
+        self._revoked_ident: dict[bytes, int] = {}  # their idents (those that have one) -> index
         self._resize(max(1024, math.ceil(expected_tokens / MAX_LOAD)))
 
     # --- sizes -------------------------------------------------------------------------------------
@@ -287,7 +295,7 @@ class TokenTable:
         ident = bytes(self._idents[i : i + IDENT_BYTES])
         return ClientSpec(
             self.name_of(index), Secret(bytes(self._keys[k : k + KEY_BYTES_PER_CLIENT])), binding, ports,
-            b"" if ident == bytes(IDENT_BYTES) else ident,
+            b"" if ident == bytes(IDENT_BYTES) else ident, self._expires.get(index),
         )
 
     def state_of(self, index: int) -> ClientState:
@@ -311,12 +319,18 @@ class TokenTable:
 
     def _same(self, index: int, spec: ClientSpec) -> bool:
         k = index * KEY_BYTES_PER_CLIENT
-        i = index * IDENT_BYTES
         return (
             self._keys[k : k + KEY_BYTES_PER_CLIENT] == spec.key.value
             and self._shapes[self._shape[index]] == (spec.binding, spec.ports)
-            and self._idents[i : i + IDENT_BYTES] == spec.ident.ljust(IDENT_BYTES, b"\0")
+            and self._same_ident(index, spec)
+            and self._expires.get(index) == spec.expires_s
         )
+
+    def _same_ident(self, index: int, spec: ClientSpec) -> bool:
+        """Whether table entry `index` counts the same knocks as `spec`: the same enrollment id, so the
+        same key's counter sequence (a new key comes with a new id and starts its own)."""
+        i = index * IDENT_BYTES
+        return self._idents[i : i + IDENT_BYTES] == spec.ident.ljust(IDENT_BYTES, b"\0")
 
     def add(self, spec: ClientSpec, last: int) -> None:
         """Enroll (or re-enroll) a client whose highest accepted counter is `last`."""
@@ -327,6 +341,8 @@ class TokenTable:
         if not 0 <= last <= COUNTER_MAX:
             raise ValueError("counter out of 64-bit range")
         self.remove(spec.name)
+        if self._revoked:
+            self._purge_revoked(spec)
         for p in spec.ports:
             if p not in self.port_index:
                 if len(self.port_index) >= MAX_PORTS:
@@ -356,18 +372,28 @@ class TokenTable:
             self._rslot.append(0)
             self._shape.append(shape)
         self.index[spec.name] = index
+        if spec.expires_s is not None:
+            self._expires[index] = spec.expires_s
         if not spec.binding.port_bits:
             self.portless_clients += 1
         self._fill(index, max(1, last - self.window + 1), min(last + self.window, COUNTER_MAX))
         if self.slot is not None:
             self._move_recovery(index, self.slot)
+        if last:
+            self._retire_predecessor(index)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, revoke: bool = False) -> None:
+        """Take a client out of the table (an unknown name is ignored); its key bytes are zeroed.
+        `revoke`: its window's tokens stay behind, without the key, as a revoked key's (is_revoked), so a
+        later knock with one is told from junk and logged; at most MAX_REVOKED_KEYS keys at a time are
+        kept so (each costs what the client cost), until the server restarts."""
         index = self.index.pop(name, None)
         if index is None:
             return
         last = self._last[index]
-        self._unfill(index, max(1, last - self.window + 1), min(last + self.window, COUNTER_MAX))
+        keep = revoke and len(self._revoked) < MAX_REVOKED_KEYS
+        if not keep:
+            self._unfill(index, max(1, last - self.window + 1), min(last + self.window, COUNTER_MAX))
         if self._rslot[index]:
             self._unfill_recovery(index, live_slots(self._rslot[index]))
             self._rslot[index] = 0
@@ -375,9 +401,67 @@ class TokenTable:
             self.portless_clients -= 1
         k = index * KEY_BYTES_PER_CLIENT
         self._keys[k : k + KEY_BYTES_PER_CLIENT] = bytes(KEY_BYTES_PER_CLIENT)  # no stale key stays behind
+        self._expires.pop(index, None)
+        if keep:  # name, ident and counter stay, to name the key and to find its tokens again
+            self._revoked.add(index)
+            ident = bytes(self._idents[index * IDENT_BYTES : (index + 1) * IDENT_BYTES])
+            if any(ident):
+                self._revoked_ident[ident] = index
+            return
         self._names[index] = None
         self._last[index] = 0
         self._free.append(index)
+
+    def _purge_revoked(self, spec: ClientSpec) -> None:
+        """Before `spec` is enrolled: drop what a revoked key of the same ident left behind (a revoked
+        record restored by the admin), whose tokens would otherwise shadow the live ones."""
+        tomb = self._revoked_ident.pop(spec.ident, None) if spec.ident else None
+        if tomb is None:
+            return
+        self._revoked.discard(tomb)
+        last, w = self._last[tomb], self.window
+        series = [(self.port_index[p], wire_series(spec.key, spec.binding, p))
+                  for p in spec.ports if p in self.port_index]
+        self._unfill(tomb, max(1, last - w + 1), min(last + w, COUNTER_MAX), series)
+        self._names[tomb] = None
+        self._last[tomb] = 0
+        self._free.append(tomb)
+
+    def is_revoked(self, index: int) -> bool:
+        """Whether entry `index` is a revoked key's leftover token (see remove(revoke=True))."""
+        return index in self._revoked
+
+    # --- key rotation (core/rotation.py) -----------------------------------------------------------
+    def retire_expired(self, now_s: float) -> list[str]:
+        """Remove every client whose spec expires at or before `now_s` (unix seconds); their names."""
+        gone = [self.name_of(i) for i, t in self._expires.items() if t <= now_s]
+        for name in gone:
+            self.remove(name, revoke=True)
+        return gone
+
+    def superseded(self, name: str) -> bool:
+        """Whether `name`'s key was replaced: its successor is enrolled and has been used."""
+        index = self.index.get(successor_name(name))
+        return index is not None and self._last[index] > 0
+
+    def _retire_predecessor(self, index: int) -> None:
+        """A successor's first accepted counter ends the key it replaces."""
+        old = predecessor_name(self.name_of(index))
+        if old is not None and old in self.index:
+            self.remove(old, revoke=True)
+
+    def _known_last(self, spec: ClientSpec) -> int:
+        """The counter the table already holds for spec's key: under its name, or (a rotation folded
+        into the record) under its successor's name, which is then removed to make room for it."""
+        index = self.index.get(spec.name)
+        if index is not None and self._same_ident(index, spec):
+            return self._last[index]
+        index = self.index.get(successor_name(spec.name))
+        if index is not None and self._same_ident(index, spec):
+            last = self._last[index]
+            self.remove(successor_name(spec.name))
+            return last
+        return 0
 
     def advance(self, name: str, last: int) -> None:
         """Move a client's accepted counter forward to `last` (never back): learned from another worker
@@ -388,7 +472,9 @@ class TokenTable:
 
     def sync(self, clients: Iterable[tuple[ClientSpec, int]]) -> None:
         """Make the enrolled set equal `clients` (spec, stored last counter), streamed once. Known clients
-        keep their in-memory counter if it is higher; a changed spec re-enrolls from the higher one."""
+        keep their in-memory counter if it is higher; a changed spec of the same key (same ident)
+        re-enrolls from the higher one, a new key from its own. A key whose successor was used is left
+        out. A successor must come before its predecessor (so a used one retires it first)."""
         for _ in self.sync_steps(clients):
             pass
 
@@ -399,15 +485,19 @@ class TokenTable:
         seen = bytearray(len(self._names))
         n = 0
         for spec, last in clients:
+            if spec.expires_s is not None and self.superseded(spec.name):
+                continue  # an old key whose successor was used: removed at the end (not marked seen)
+            old = predecessor_name(spec.name)
+            old_index = self.index.get(old) if old is not None else None
             index = self.index.get(spec.name)
             if index is not None and self._same(index, spec):
                 if last > self._last[index]:
                     self._advance(index, last)
             else:
-                if index is not None:
-                    last = max(last, self._last[index])
-                self.add(spec, last)
+                self.add(spec, max(last, self._known_last(spec)))
                 index = self.index[spec.name]
+            if old_index is not None and old not in self.index and old_index < len(seen):
+                seen[old_index] = 0  # retired just now by its used successor: its index may be reused
             if index >= len(seen):
                 seen.extend(bytes(index + 1 - len(seen)))
             elif seen[index]:
@@ -418,7 +508,7 @@ class TokenTable:
                 yield
         for name, index in list(self.index.items()):
             if index >= len(seen) or not seen[index]:
-                self.remove(name)
+                self.remove(name, revoke=True)
 
     # --- recovery tokens ------------------------------------------------------------------------------
     def set_slot(self, slot: int) -> None:
@@ -468,6 +558,7 @@ class TokenTable:
         series = self._series(index)
         self._unfill(index, max(1, old - w + 1), min(old + w, last - w), series)
         self._fill(index, max(old + w + 1, last - w + 1, 1), min(last + w, COUNTER_MAX), series)
+        self._retire_predecessor(index)
 
     def _series(self, index: int) -> Series:
         binding, ports = self._shapes[self._shape[index]]

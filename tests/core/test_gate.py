@@ -61,10 +61,11 @@ def persists(d: Decision, client: str, counter: int) -> None:
 
 
 def drop(d: Decision, reason: Reason | None = None) -> None:
-    """A drop: no client, no key, and a command only to log a refused known token (replay, wrong source)."""
+    """A drop: no client, no key, and a command only to log a refused known token (replay, wrong source,
+    revoked key)."""
     assert d.verdict is Verdict.DROP, d
     assert d.client is None and d.session_key is None, d
-    if d.reason in (Reason.REPLAY, Reason.WRONG_SOURCE):
+    if d.reason in (Reason.REPLAY, Reason.WRONG_SOURCE, Reason.REVOKED):
         (refusal,) = d.commands
         assert isinstance(refusal, LogRefusal) and refusal.reason is d.reason, d
     else:
@@ -534,7 +535,10 @@ def test_removed_client_drops_at_once() -> None:
 def test_sync_revokes_and_enrols() -> None:
     gate = gate_for(ALICE)
     gate.table.sync([(BOB, 7)])
-    drop(gate.receive(knock_syn(knock_of(ALICE, 1)), T0), Reason.UNKNOWN_TOKEN)
+    drop(gate.receive(knock_syn(knock_of(ALICE, 1)), T0), Reason.REVOKED)  # its live tokens stay, keyless
+    assert gate.table.spec_of(gate.table.lookup(22, knock_of(ALICE, 1).isn, knock_of(ALICE, 1).sport or 0)
+                              .index).key.value == bytes(32), "a revoked key is not kept"  # type: ignore[union-attr]
+    drop(gate.receive(knock_syn(knock_of(ALICE, 1 + 16)), T0), Reason.UNKNOWN_TOKEN)  # beyond its window
     drop(gate.receive(knock_syn(knock_of(BOB, 7)), T0), Reason.REPLAY)
     accept(gate.receive(knock_syn(knock_of(BOB, 8)), T0))
     assert set(gate.table.clients) == {"bob"}

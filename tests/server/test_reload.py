@@ -70,7 +70,7 @@ def test_stepped_reload_serves_knocks_and_ends_exactly_at_the_new_file(
     assert srv.reload_error is None
     assert len(srv.table.clients) == N
     assert not accepted(srv, knock(revoked, 1))
-    assert srv.counts[Reason.UNKNOWN_TOKEN] == 1
+    assert srv.counts[Reason.REVOKED] == 1
     assert accepted(srv, knock(newcomer, 1))
     assert not accepted(srv, knock(first, 1)), "a reload must not roll a counter back"
     assert accepted(srv, knock(first, 2))
