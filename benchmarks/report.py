@@ -93,9 +93,24 @@ def workers_drain_note(pf: dict[str, Any], w2: dict[str, Any], one: dict[str, An
 
 
 def render(r: dict[str, Any]) -> str:
+    """RESULTS.md for the results of one run: one function per section."""
+    lines = header(r)
+    lines += verification(r.get("verification_rate", {}))
+    lines += knock_to_connected(r)
+    lines += ssh_login(r.get("ssh_login", {}))
+    lines += scale_section(r.get("scale", {}))
+    lines += under_attack(r.get("under_attack", {}))
+    lines += ["", *targets(r), ""]
+    lines += sealed(r.get("sealed") or {})
+    lines += client_figures(r.get("client") or {})
+    lines += failed_sections(r)
+    return "\n".join(lines)
+
+
+def header(r: dict[str, Any]) -> list[str]:
+    """The title, the machine and load of the run, and the background load before each section."""
     m = r.get("machine", {})
-    v = r.get("verification_rate", {})
-    lines = [
+    return [
         "# stealth benchmarks (issue 4)", "",
         f"Produced by `{r.get('command')}` ({r.get('mode')} mode) in {r.get('total_seconds')} s on "
         f"{m.get('cpus')} x {m.get('cpu_model')}, {m.get('mem_gib')} GiB, Linux {m.get('kernel')}, "
@@ -106,6 +121,15 @@ def render(r: dict[str, Any]) -> str:
         "Busy % per core taken by *other* work just before each section (0.5 s, this harness idle): "
         + "; ".join(f"{n} {v}" for n, v in (r.get("background_cpu_busy_pct_before") or {}).items()) + ".",
         "",
+    ]
+
+
+Row = tuple[str, Any, Any, Any, Any, str]  # name, lossless, at saturation, sender, consumer CPU, anchor
+
+
+def verification(v: dict[str, Any]) -> list[str]:
+    """Section 1: the server's verification rate: flood and drain rows, drains, py-spy profiles."""
+    lines = [
         "## 1. Server verification rate (real `stealth server run`, 1,001 clients, W=16, SYN/s)", "",
         "Processed rate = verdicts per second from `/proc/net/netfilter/nfnetlink_queue` in the server "
         "namespace (ids handed out - queue drops - still waiting). Lossless = no queue drop and every "
@@ -115,7 +139,20 @@ def render(r: dict[str, Any]) -> str:
         "anchor |",
         "|---|---|---|---|---|---|",
     ]
-    rows = [
+    rows, drains, w2 = verify_rows(v)
+    for name, lossless, sat, sender, cpu, anchor in rows:
+        cpu_txt = cpu if isinstance(cpu, str) else "n/a" if cpu is None else f"{cpu:.0f}%"
+        lines.append(f"| {name} | {k(lossless)} | {k(sat)} | {k(sender)} | {cpu_txt} | {anchor} |")
+    av = g(v, "all_valid", "saturation", "verdicts") or {}
+    lines += ["", f"All-valid saturation verdicts: {av or 'n/a'}.", ""]
+    lines += drain_table(v, drains, w2)
+    lines += py_spy(v)
+    return lines
+
+
+def verify_rows(v: dict[str, Any]) -> tuple[list[Row], list[tuple[str, Any]], Any]:
+    """The rows of the verification table, the drains measured and the two-worker drain (if any)."""
+    rows: list[Row] = [
         ("kernel-only DROP rule (mangle INPUT)", None, g(v, "kernel_drop", "dropped_pps"),
          g(v, "kernel_drop", "sender_pps"), None, "machine limit (the sender's rate if equal)"),
         ("C consumer, per-packet verdicts", g(v, "c_consumer_per_packet", "highest_lossless_pps"),
@@ -154,38 +191,45 @@ def render(r: dict[str, Any]) -> str:
         rows.append((f"drain of two pre-filled queues: {WORKERS_DRAIN}", None, w2.get("steady_pps"),
                      "pre-filled", worker_cpu(w2),
                      f"target: ≥ 1.6x one worker's drain (x{w2.get('scaling_vs_1_worker')})"))
-    for name, lossless, sat, sender, cpu, anchor in rows:
-        cpu_txt = cpu if isinstance(cpu, str) else "n/a" if cpu is None else f"{cpu:.0f}%"
-        lines.append(f"| {name} | {k(lossless)} | {k(sat)} | {k(sender)} | {cpu_txt} | {anchor} |")
-    av = g(v, "all_valid", "saturation", "verdicts") or {}
-    lines += ["", f"All-valid saturation verdicts: {av or 'n/a'}.", ""]
+    return rows, drains, w2
+
+
+def drain_table(v: dict[str, Any], drains: list[tuple[str, Any]], w2: Any) -> list[str]:
+    """The drain table (pre-filled queues, consumer alone), accepted SYNs and the two-worker note."""
     pf = v.get("prefill_drain")
-    if pf:
-        lines += [
-            f"Drain rows: {pf['how']}. Processed = the steady rate; the whole drain (wake-up included) "
-            "and each run's figures are below. The flood rows above are bounded by the sender's core "
-            "(sender, veth, netfilter and NFQUEUE enqueue share core 0), the drain rows are not.", "",
-            "| consumer | SYNs queued | lost while filling | steady (90% → 10%) | whole drain | "
-            "consumer CPU | busy % per core | runs (steady) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, d in drains:
-            if not isinstance(d, dict):
-                continue
-            runs = d.get("runs", [])
-            cpu = worker_cpu(d) if "worker_cpu_pct" in d else f"{d.get('consumer_cpu_pct')}%"
-            lines.append(
-                f"| {name.rsplit(': ', 1)[-1]} | {k(d.get('queued'))} | "
-                f"{sum(r['lost_while_filling'] for r in runs)} | {k(d.get('steady_pps'))} | "
-                f"{k(d.get('drain_pps'))} | {cpu} | "
-                f"{runs[0]['cpu_busy_pct_per_core'] if runs else 'n/a'} | "
-                f"{', '.join(k(r['steady_pps']) for r in runs)} |")
-        acc = [g(v, "junk", "prefill_drain", "accepted"), g(w2, "accepted")]
-        lines += ["", f"SYNs accepted during the stealth drains (one process, two workers): "
-                  f"{' and '.join('n/a' if a is None else str(a) for a in acc)} (all junk, all dropped).",
-                  ""]
-        if isinstance(w2, dict):
-            lines += [*workers_drain_note(pf, w2, g(v, "junk", "prefill_drain") or {}), ""]
+    if not pf:
+        return []
+    lines = [
+        f"Drain rows: {pf['how']}. Processed = the steady rate; the whole drain (wake-up included) "
+        "and each run's figures are below. The flood rows above are bounded by the sender's core "
+        "(sender, veth, netfilter and NFQUEUE enqueue share core 0), the drain rows are not.", "",
+        "| consumer | SYNs queued | lost while filling | steady (90% → 10%) | whole drain | "
+        "consumer CPU | busy % per core | runs (steady) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in drains:
+        if not isinstance(d, dict):
+            continue
+        runs = d.get("runs", [])
+        cpu = worker_cpu(d) if "worker_cpu_pct" in d else f"{d.get('consumer_cpu_pct')}%"
+        lines.append(
+            f"| {name.rsplit(': ', 1)[-1]} | {k(d.get('queued'))} | "
+            f"{sum(r['lost_while_filling'] for r in runs)} | {k(d.get('steady_pps'))} | "
+            f"{k(d.get('drain_pps'))} | {cpu} | "
+            f"{runs[0]['cpu_busy_pct_per_core'] if runs else 'n/a'} | "
+            f"{', '.join(k(r['steady_pps']) for r in runs)} |")
+    acc = [g(v, "junk", "prefill_drain", "accepted"), g(w2, "accepted")]
+    lines += ["", f"SYNs accepted during the stealth drains (one process, two workers): "
+              f"{' and '.join('n/a' if a is None else str(a) for a in acc)} (all junk, all dropped).",
+              ""]
+    if isinstance(w2, dict):
+        lines += [*workers_drain_note(pf, w2, g(v, "junk", "prefill_drain") or {}), ""]
+    return lines
+
+
+def py_spy(v: dict[str, Any]) -> list[str]:
+    """py-spy's own and inclusive top functions of the server under the junk and all-valid floods."""
+    lines: list[str] = []
     for case in ("junk", "all_valid"):
         spy = g(v, case, "py_spy")
         if isinstance(spy, dict) and spy.get("top_own_pct"):
@@ -195,10 +239,15 @@ def render(r: dict[str, Any]) -> str:
             lines += ["", "inclusive:", ""]
             lines += [f"- {pct}% `{fn}`" for fn, pct in spy["top_total_pct"][:12]]
             lines.append("")
+    return lines
 
+
+def knock_to_connected(r: dict[str, Any]) -> list[str]:
+    """Section 2: knock to connected per method, durable writes, in-process phases."""
+    m = r.get("machine", {})
     kc = r.get("knock_to_connected", {})
-    lines += ["## 2. Knock to connected (client namespace → server namespace)", "",
-              "| method | n | p50 | p99 | max | failed | anchor |", "|---|---|---|---|---|---|---|"]
+    lines = ["## 2. Knock to connected (client namespace → server namespace)", "",
+             "| method | n | p50 | p99 | max | failed | anchor |", "|---|---|---|---|---|---|---|"]
     anchors2 = {"plain_connect": "baseline", "stealth_connect_in_process": ANCHORS["sknock_latency"],
                 "stealth_connect_process": ANCHORS["sknock_latency"], "fwknop": ANCHORS["fwknop"],
                 "knockd": "—"}
@@ -225,25 +274,32 @@ def render(r: dict[str, Any]) -> str:
                   f"record_success {ms(ph.get('record_success'))}; the rest of the p50 ({ms(ph['rest'])}) is "
                   "the SYN -> SYN-ACK round trip through the server, plus profile lookup and token "
                   "derivation.", ""]
-    sl = r.get("ssh_login", {})
-    lines += ["Full ssh login (`ssh ... true`), alternating:", "",
-              "| login | n | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|"]
+    return lines
+
+
+def ssh_login(sl: dict[str, Any]) -> list[str]:
+    """Section 2, end: full ssh logins, direct and through stealth."""
+    lines = ["Full ssh login (`ssh ... true`), alternating:", "",
+             "| login | n | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|"]
     for mode in ("direct", "stealth"):
         s = sl.get(mode, {})
         lines.append(f"| {mode} | {s.get('n', 0)} | {ms(s.get('p50_ms'))} | {ms(s.get('p90_ms'))} | "
                      f"{ms(s.get('p99_ms'))} | {ms(s.get('max_ms'))} |")
     lines += ["", f"p50 ratio stealth/direct: **{sl.get('p50_ratio', 'n/a')}**", ""]
+    return lines
 
-    sc = r.get("scale", {})
-    lines += ["## 3. Scale (what `stealth server run` does before it binds the queue)", "",
-              "Enrolled through the bulk path (`ServerState.add_clients`, as `stealth server add-clients`), "
-              "then a fresh process does what the server's start does: open the counter journal, stream "
-              "clients.jsonl into the token table (W=16, one port: 16 live tokens per client; slots sized "
-              "for 2W per client, live plus spent).", "",
-              "| clients | clients.jsonl | bulk enroll | start | peak RSS at start | token slots | "
-              "junk Gate.receive | accept (incl. refill) | refill | commit of one knock | "
-              "reload after a revoke | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+def scale_section(sc: dict[str, Any]) -> list[str]:
+    """Section 3: enrollment and server start-up per client count, the per-client slope, cProfile."""
+    lines = ["## 3. Scale (what `stealth server run` does before it binds the queue)", "",
+             "Enrolled through the bulk path (`ServerState.add_clients`, as `stealth server add-clients`), "
+             "then a fresh process does what the server's start does: open the counter journal, stream "
+             "clients.jsonl into the token table (W=16, one port: 16 live tokens per client; slots sized "
+             "for 2W per client, live plus spent).", "",
+             "| clients | clients.jsonl | bulk enroll | start | peak RSS at start | token slots | "
+             "junk Gate.receive | accept (incl. refill) | refill | commit of one knock | "
+             "reload after a revoke | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sc.get("sizes", []):
         def f(*path: str) -> Any:
             val = g(s, *path)  # noqa: B023 -- used at once
@@ -269,27 +325,32 @@ def render(r: dict[str, Any]) -> str:
         lines += ["", f"cProfile of the start-up path, {sc.get('startup_profile_clients'):,} clients:", "",
                   "```", sc["startup_profile"].strip(), "```"]
     lines.append("")
+    return lines
 
-    at = r.get("under_attack", {})
-    lines += ["## 4. Logins under a junk flood (through stealth-connect)", "",
-              f"Saturation rate used: {k(at.get('saturation_pps'))} SYN/s (stealth, junk, above).", "",
-              "| flood (% of saturation) | SYN/s | logins | success | p50 | p99 | queue drops |",
-              "|---|---|---|---|---|---|---|"]
+
+def under_attack(at: dict[str, Any]) -> list[str]:
+    """Section 4: logins through stealth-connect under junk floods."""
+    lines = ["## 4. Logins under a junk flood (through stealth-connect)", "",
+             f"Saturation rate used: {k(at.get('saturation_pps'))} SYN/s (stealth, junk, above).", "",
+             "| flood (% of saturation) | SYN/s | logins | success | p50 | p99 | queue drops |",
+             "|---|---|---|---|---|---|---|"]
     for level, s in (at.get("levels") or {}).items():
         lines.append(f"| {level}% | {k(s['flood_pps_offered'])} | {s['attempted']} | "
                      f"{100 * (s['success_rate'] or 0):.1f}% | {ms(s.get('p50_ms'))} | "
                      f"{ms(s.get('p99_login_ms'))} | "
                      f"{s['queue_dropped_pct']}% |")
-    lines += ["", *targets(r), ""]
-    lines += sealed(r.get("sealed") or {})
-    lines += client_figures(r.get("client") or {})
+    return lines
+
+
+def failed_sections(r: dict[str, Any]) -> list[str]:
+    """The sections (and sealed/client parts) that recorded an error instead of figures."""
     errors = {n: s["error"] for n, s in r.items() if isinstance(s, dict) and "error" in s}
     for part in ("sealed", "client"):
         errors.update({f"{part}: {n}": s["error"] for n, s in (r.get(part) or {}).items()
                        if isinstance(s, dict) and "error" in s})
-    if errors:
-        lines += ["## Sections that failed", ""] + [f"- {n}: {e}" for n, e in errors.items()] + [""]
-    return "\n".join(lines)
+    if not errors:
+        return []
+    return ["## Sections that failed", ""] + [f"- {n}: {e}" for n, e in errors.items()] + [""]
 
 
 def targets(r: dict[str, Any]) -> list[str]:
@@ -349,7 +410,6 @@ def sealed(se: dict[str, Any]) -> list[str]:
     sz = se.get("sizes", {})
     tp, cn = se.get("throughput", {}), se.get("connect", {})
     cc, npf = se.get("concurrent", {}), se.get("no_proof", {})
-    direct = g(tp, "direct", "median_mb_per_s")
     lines = [
         "## 5. Sealed ports (issue 11)", "",
         "Namespaces of their own: `stealth server run` sealing port 22 (backend: sshd on 127.0.0.1:22, "
@@ -359,6 +419,21 @@ def sealed(se: dict[str, Any]) -> list[str]:
         "`sealed` in results.json.", "",
         "| figure | measured | target | |", "|---|---|---|---|",
     ]
+    lines += sealed_bulk(tp)
+    lines += sealed_connect(cn)
+    lines.append(sealed_concurrent(cc))
+    lines += sealed_no_proof(npf)
+    logs = {"concurrent": cc.get("acceptor_log"), "no proof": npf.get("acceptor_log")}
+    lines += ["", "The acceptor's reset reasons in the server log: "
+              + "; ".join(f"{n}: {v or 'none'}" for n, v in logs.items())
+              + f". Sizes: {sz}.", ""]
+    return lines
+
+
+def sealed_bulk(tp: dict[str, Any]) -> list[str]:
+    """Section 5: bulk transfers over the sealed port (relay and --fdpass) against direct ssh."""
+    direct = g(tp, "direct", "median_mb_per_s")
+    lines = []
     for mode, name in (("sealed_relay", "ProxyCommand relay"), ("sealed_fdpass", "--fdpass")):
         d = tp.get(mode, {})
         ratio = d.get("median_paired_ratio")  # judged: drifting load weighs on both sides of a pair
@@ -376,10 +451,15 @@ def sealed(se: dict[str, Any]) -> list[str]:
             f"{dcpu.get('sshd_session')}, stealth-connect {cpu.get('client_proxy')}, stealth's relay "
             f"{cpu.get('server_relay')}) | ≥ 0.9x direct | "
             f"{hit(None if ratio is None else ratio >= 0.9)} |")
+    return lines
+
+
+def sealed_connect(cn: dict[str, Any]) -> list[str]:
+    """Section 5: connect() to the sealed and unsealed ports against a plain connect, by phase."""
     plain, uns = cn.get("plain_connect", {}), cn.get("unsealed_connect", {})
     sea = cn.get("sealed_connect", {})
     added = sea.get("added_p50_ms_over_plain")
-    lines += [
+    lines = [
         f"| connect() to the sealed port, in-process, n={sea.get('n', 0)} (returns after the proof "
         f"exchange) | p50 {ms(sea.get('p50_ms'))}, p99 {ms(sea.get('p99_ms'))} vs plain connect p50 "
         f"{ms(plain.get('p50_ms'))}, p99 {ms(plain.get('p99_ms'))}: **+{added} ms** "
@@ -394,10 +474,15 @@ def sealed(se: dict[str, Any]) -> list[str]:
         if ph:
             lines.append(f"| (context) connect() to the {name} port by client step, medians | "
                          + ", ".join(f"{n} {ms(v)}" for n, v in ph.items()) + " | | |")
+    return lines
+
+
+def sealed_concurrent(cc: dict[str, Any]) -> str:
+    """Section 5: the row of concurrent sealed sessions and their relays' memory."""
     n = cc.get("sessions")
     rel = cc.get("relay_memory") or {}
     ok = None if n is None or "proved" not in cc else cc.get("proved") == n and cc.get("banners") == n
-    lines.append(
+    return (
         f"| {k(n)} concurrent sealed sessions (real knock + proof each, opened one after another with "
         f"connect() in {cc.get('open_seconds')} s, held) | {cc.get('proved')} got the server's proof, "
         f"{cc.get('banners')} sshd's banner; {rel.get('processes')} relay processes: PSS "
@@ -405,6 +490,11 @@ def sealed(se: dict[str, Any]) -> list[str]:
         f"{_mib(rel.get('rss_kib'))}), {rel.get('fds')} fds ({rel.get('fds_per_process')} each); beside "
         f"them sshd's pre-auth processes: PSS {_mib(g(cc, 'sshd_preauth_processes', 'pss_kib'))} | every "
         f"session proved and served | {hit(ok)} |")
+
+
+def sealed_no_proof(npf: dict[str, Any]) -> list[str]:
+    """Section 5: knocks that never send a proof (reset at the deadline), and growth after them."""
+    lines = []
     ended = npf.get("ended") or {}
     rst = npf.get("reset_after_connect") or {}
     m = npf.get("connections")
@@ -430,10 +520,6 @@ def sealed(se: dict[str, Any]) -> list[str]:
         f"{g(npf, 'after', 'acceptor', 'fds')}, relay processes {g(npf, 'before', 'relays')} → "
         f"{g(npf, 'after', 'relays')} | no growth (fds and relays as before, RSS within 256 KiB) | "
         f"{hit(ok)} |" if gr else "| after them | n/a | no growth | n/a |")
-    logs = {"concurrent": cc.get("acceptor_log"), "no proof": npf.get("acceptor_log")}
-    lines += ["", "The acceptor's reset reasons in the server log: "
-              + "; ".join(f"{n}: {v or 'none'}" for n, v in logs.items())
-              + f". Sizes: {sz}.", ""]
     return lines
 
 

@@ -16,13 +16,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import note_command, proc_rss_kib
 from benchmarks.enroll import enroll_clients
 
 SERVER_ID = "scale"
 PORTS = (22,)
+
+if TYPE_CHECKING:
+    from stealth.core.table import TokenTable
+    from stealth.counterlog import CounterLog
+    from stealth.server_state import ServerConfig, ServerState
 
 
 def _rss_kib() -> int:
@@ -37,11 +42,17 @@ def _emit(**kw: Any) -> None:
 
 
 def child(state_dir: Path, junk_n: int, valid_n: int, reload: bool = True) -> None:
-    from benchmarks.packets import syn4
-    from stealth.core.gate import Gate, Verdict
-    from stealth.core.secret import Secret
-    from stealth.core.token import Binding, derive
-    from stealth.server import build_table, check_clients
+    """In a fresh process: the server's start, per-SYN costs and (unless not `reload`) a reload, each
+    phase emitted as one JSON line."""
+    state, config, log, table = _start(state_dir)
+    names = _lookup(config, log, table, junk_n, valid_n)
+    if not reload:
+        return
+    _reload(state, config, table, names)
+
+
+def _start(state_dir: Path) -> "tuple[ServerState, ServerConfig, CounterLog, TokenTable]":
+    from stealth.server import build_table
     from stealth.server_state import ServerState
 
     # exactly Server.start(): open (and repair) the counter journal, stream clients.jsonl into the table
@@ -57,6 +68,16 @@ def child(state_dir: Path, junk_n: int, valid_n: int, reload: bool = True) -> No
     _emit(phase="build_table", seconds=round(t2 - t1, 3), rss_mib=round(_rss_kib() / 1024, 1),
           entries=len(table), slots=table.cap, start_seconds=round(t2 - t0, 3),
           max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    return state, config, log, table
+
+
+def _lookup(config: "ServerConfig", log: "CounterLog", table: "TokenTable", junk_n: int,
+            valid_n: int) -> list[str]:
+    from benchmarks.packets import syn4
+    from stealth.core.gate import Gate, Verdict
+    from stealth.core.secret import Secret
+    from stealth.core.token import Binding, derive
+
     gate = Gate(table)
     rnd = random.Random(1)  # noqa: S311 -- junk packets, not secrets
     dst = bytes([198, 51, 100, 1])
@@ -94,8 +115,12 @@ def child(state_dir: Path, junk_n: int, valid_n: int, reload: bool = True) -> No
           refill_us=round(accept_us - junk_us, 3), commit_one_p50_ms=round(commit_s[100] * 1e3, 3),
           rss_mib=round(_rss_kib() / 1024, 1),
           max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-    if not reload:
-        return
+    return names
+
+
+def _reload(state: "ServerState", config: "ServerConfig", table: "TokenTable", names: list[str]) -> None:
+    from stealth.server import check_clients
+
     # a reload after one admin change: validate all of clients.jsonl, then sync the table with it
     state.revoke(names[-1])
     t = time.perf_counter()

@@ -300,7 +300,14 @@ def throughput(sb: SealLab, nbytes: int, rounds: int) -> dict[str, Any]:
                            "processes and dd (reaped by the listening sshd: its cutime + cstime); "
                            "server_relay: stealth's relay process for the session, sampled like the proxy",
     }
-    for mode in argvs:
+    _throughput_medians(out, shells, runs, errors, rounds)
+    return out
+
+
+def _throughput_medians(out: dict[str, Any], shells: dict[str, str], runs: dict[str, list[dict[str, Any]]],
+                        errors: dict[str, list[str]], rounds: int) -> None:
+    """Into `out`: each mode's medians, failures and command, and the sealed modes' ratios to direct."""
+    for mode in shells:
         rates = [x["mb_per_s"] for x in runs[mode]]
         walls = [x["wall_mb_per_s"] for x in runs[mode]]
         cpu = {k: round(statistics.median(x["cpu_seconds"][k] for x in runs[mode]), 3)
@@ -319,7 +326,6 @@ def throughput(sb: SealLab, nbytes: int, rounds: int) -> dict[str, Any]:
         paired = [a["mb_per_s"] / b["mb_per_s"] for a, b in zip(runs[mode], runs["direct"], strict=False)]
         if len(runs[mode]) == len(runs["direct"]) == rounds:
             out[mode]["median_paired_ratio"] = round(statistics.median(paired), 3)
-    return out
 
 
 def connect_overhead(sb: SealLab, samples: int) -> dict[str, Any]:

@@ -304,6 +304,19 @@ def _resume(pids: list[int]) -> None:
             os.kill(pid, signal.SIGCONT)
 
 
+def _fill(bl: BenchLab, path: str, queues: list[int], n: int) -> tuple[Any, list[int]]:
+    """Queue about `n` junk SYNs at the sender's top speed; the sender's report and the waiting count
+    per queue once the last of them are through the softirq."""
+    argv = bl.flood_argv("junk", 0, n / 170_000)
+    note_command(["ip netns exec ATK", *argv[4:]])
+    sent = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    w, prev = _waiting(path, queues), None
+    while w != prev:  # until the last SYNs are through the softirq
+        time.sleep(0.05)
+        w, prev = _waiting(path, queues), w
+    return sent, w
+
+
 def one_drain(bl: BenchLab, pids: list[int], queues: list[int], n: int, poll_s: float) -> dict[str, Any]:
     """Stop the consumers `pids` (one per queue), queue about `n` junk SYNs (spread over `queues` by the
     kernel's flow hash) at the sender's top speed, resume them all at once and time how fast the
@@ -315,14 +328,8 @@ def one_drain(bl: BenchLab, pids: list[int], queues: list[int], n: int, poll_s: 
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
-        argv = bl.flood_argv("junk", 0, n / 170_000)
-        note_command(["ip netns exec ATK", *argv[4:]])
-        sent = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
-        w, prev = _waiting(path, queues), None
-        while w != prev:  # until the last SYNs are through the softirq
-            time.sleep(0.05)
-            w, prev = _waiting(path, queues), w
-        per_queue0 = w
+        sent, per_queue0 = _fill(bl, path, queues, n)
+        w = per_queue0
         qf = queue_counters(ns, QUEUE) or q0
         os.sched_setaffinity(0, {0})
         cpu0, p0, h0 = cpu_times(), [proc_cpu_seconds(p) for p in pids], time.process_time()
@@ -501,6 +508,8 @@ def c_consumer(bl: BenchLab, runner: Runner, mode: str,
 
 
 def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
+    """Every verification-rate probe: machine ceilings (kernel DROP, C consumers), one stealth process
+    (junk, 1% valid, all valid, drains, py-spy), two workers; the stealth server runs again after."""
     seconds = 1.0 if quick else 3.0
     tokens = bl.tmp / "tokens.bin"
     t = time.perf_counter()
@@ -516,7 +525,19 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
     # SYNs pre-filled, drains per consumer; this kernel kept at most 65,536 packets waiting in one queue
     # whatever max_len asked for (the rest counted as queue drops), so the fill stays below that
     drain = (55_000, 3) if quick else (55_000, 7)
-    out["prefill_drain"] = {
+    out["prefill_drain"] = _prefill_how(drain)
+    steps = 3 if quick else 7
+    _machine_ceilings(bl, runner, seconds, drain, out)
+    _one_process(bl, runner, steps, drain, out)
+    _profiles(bl, runner, seconds, quick, out)
+    _two_workers(bl, runner, steps, drain, out)
+    out["tokens_used"] = runner.offset
+    return out
+
+
+def _prefill_how(drain: tuple[int, int]) -> dict[str, Any]:
+    """How the pre-filled drains are measured, for results.json."""
+    return {
         "syns": drain[0], "repeats": drain[1],
         "how": "consumer stopped (SIGSTOP), about this many junk SYNs queued (queue max_len and the "
                "consumer's socket buffer raised for the probe through its own netlink socket), consumer "
@@ -532,6 +553,11 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
                        f"{WORKERS_DRAIN_POLL_S * 1000:g} ms by this harness on core 0 (beside worker 0, its "
                        "own CPU reported); steady = 90% -> 10% of the sum; median of the repeats",
     }
+
+
+def _machine_ceilings(bl: BenchLab, runner: Runner, seconds: float, drain: tuple[int, int],
+                      out: dict[str, Any]) -> None:
+    """Kernel DROP, the C consumers and stealth with per-packet drop verdicts, into `out`."""
     # machine ceilings first, with the stealth server stopped (it owns the queue)
     bl.stop_server()
     print("bench: verify: kernel DROP and C consumers", file=sys.stderr, flush=True)
@@ -542,11 +568,15 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
     start_per_packet_server(bl)
     runner.consumer_pid = bl.server_pid()
     out["stealth_per_packet_drain"] = prefill_drain(bl, runner, [bl.server_pid()], *drain)
+
+
+def _one_process(bl: BenchLab, runner: Runner, steps: int, drain: tuple[int, int],
+                 out: dict[str, Any]) -> None:
+    """One stealth process: junk (flood and drain), 1% valid and all valid, into `out`."""
     bl.stop_server()
     bl.start_server()
     runner.consumer_pid = bl.server_pid()
     runner.counts = bl.accepted_counts
-    steps = 3 if quick else 7
     print("bench: verify: stealth server, junk", file=sys.stderr, flush=True)
     out["junk"] = runner.search("junk", 0, steps)
     print("bench: verify: stealth server, drain", file=sys.stderr, flush=True)
@@ -562,6 +592,10 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
     # offer 1.5x the 20k/s target (or 4x what the first probe verified, if more), so the target is tested
     out["all_valid"] = runner.search("valid", max(4 * max(200.0, first.processed_pps), 30_000), steps)
     out["all_valid"]["probes"].insert(0, first.doc())
+
+
+def _profiles(bl: BenchLab, runner: Runner, seconds: float, quick: bool, out: dict[str, Any]) -> None:
+    """py-spy of the server under the junk flood (and, unless quick, the all-valid one), into `out`."""
     for name, mode in (("junk", "junk"), ("all_valid", "valid")):
         if name == "junk" or not quick:
             runner.drain()
@@ -575,6 +609,11 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
             fout, _ = flood.communicate(timeout=60)
             if mode != "junk":
                 runner.offset = int(json.loads(fout)["next_offset"])
+
+
+def _two_workers(bl: BenchLab, runner: Runner, steps: int, drain: tuple[int, int],
+                 out: dict[str, Any]) -> None:
+    """Two worker processes: the junk flood and the drain, scaled against the one process, into `out`."""
     # two worker processes (--workers 2: NFQUEUE --queue-balance 50:51), unpinned; the sender stays on
     # core 0, so on a 2-core machine the workers share cores with it
     print("bench: verify: stealth server, junk, 2 workers", file=sys.stderr, flush=True)
@@ -600,5 +639,3 @@ def run(bl: BenchLab, quick: bool) -> dict[str, Any]:
     runner.cpu_pids = []
     bl.stop_server()
     bl.start_server()
-    out["tokens_used"] = runner.offset
-    return out
