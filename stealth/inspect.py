@@ -9,8 +9,8 @@ from typing import Any
 
 from stealth.core.gate import Gate, Verdict
 from stealth.core.recovery import slot_of
+from stealth.loader import build_table
 from stealth.pcap import read_ip_packets
-from stealth.server import build_table
 from stealth.server_state import ServerState
 
 

@@ -16,8 +16,6 @@ import socket
 import struct
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from stealth.constants import (
@@ -28,6 +26,7 @@ from stealth.constants import (
     NFQUEUE_SOCKET_BYTES_PER_PACKET,
 )
 from stealth.errors import StealthError
+from stealth.packet_queue import AfterCommit, Commit, ErrorHandler, Handler
 
 # Collected drops are sent as one batch once this many wait (well below NFQUEUE_MAX_LEN: they count
 # against the queue's length until their verdict), and whenever the queue is drained.
@@ -55,27 +54,13 @@ def verdict_batch_message(queue_num: int, max_id: int, verdict: int = _NF_DROP) 
     return header + body
 
 
-@dataclass(frozen=True)
-class AfterCommit:
-    """Accept with `mark` (verdict NF_REPEAT, so the table's rules see the mark), but only once
-    commit() has made the state behind it durable."""
-
-    mark: int
-
-
-# payload -> mark to accept with (0: accept unmarked), AfterCommit(mark), or None: drop
-Handler = Callable[[bytes], "int | AfterCommit | None"]
-
-
 class Queue:
-    """One bound NFQUEUE. `handler(payload)` returns the verdict: None to drop, a mark to accept with (0:
-    unmarked), or AfterCommit(mark) to hold the packet until `commit()` (one bool per held packet, in order)
-    has made its state durable. An exception in either is a drop, reported to `on_error`. Raises StealthError
-    when the queue cannot be bound. Drive it from one thread with poll()."""
+    """One bound NFQUEUE: a PacketQueue (stealth/packet_queue.py states the contract of handler,
+    commit and verdict order). Raises StealthError when the queue cannot be bound. Drive it from one
+    thread with poll()."""
 
     def __init__(
-        self, queue_num: int, handler: Handler, on_error: Callable[[BaseException], None],
-        commit: Callable[[], list[bool]] | None = None,
+        self, queue_num: int, handler: Handler, on_error: ErrorHandler, commit: Commit | None = None,
     ) -> None:
         from netfilterqueue import NetfilterQueue
 

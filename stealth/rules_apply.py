@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from stealth.errors import StealthError
 from stealth.firewall import RuleConfig, Snapshot, available_families, install, remove, restore, snapshot
-from stealth.server import Server
+from stealth.rules_plan import rules_for
 from stealth.server_state import ServerState
 from stealth.store import atomic_write, read_bytes
 
@@ -64,9 +64,10 @@ def apply_with_rollback(
     The queue layout (queue number, workers) is the running server's, so its queues stay fed."""
     running = running_layout(state)
     workers = running[1] if running else 1
-    server = Server(state, queue if queue is not None else running[0] if running else None, workers=workers)
+    config = state.load_config()
+    queue_num = queue if queue is not None else running[0] if running else config.queue
     families = available_families()
-    rules: dict[int, RuleConfig] = {f: server.rule_config(f) for f in families}
+    rules: dict[int, RuleConfig] = rules_for(config, queue_num, workers, families)
     before: dict[int, Snapshot] = {f: snapshot(rules[f], f) for f in families}
     nonce = secrets.token_hex(8).encode()
     confirmed_path = state.dir / "rules.confirmed"

@@ -11,7 +11,7 @@ import pytest
 import stealth.accepts
 from stealth.accepts import AcceptRecord, read_last_accepts
 from stealth.core.token import derive
-from stealth.nfqueue import AfterCommit
+from stealth.packet_queue import AfterCommit
 from stealth.server import Server
 from stealth.server_state import ServerConfig, ServerState
 from stealth.status import render, status_doc
@@ -118,4 +118,4 @@ def test_the_servers_accept_shows_in_status_with_time_and_source(tmp_path: Path)
     srv.load()
     srv.accepts.close()
     assert [c["name"] for c in status_doc(state)["clients"]] == ["alice"]
-    srv.log.close()
+    srv.journal.close()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import stealth.server
+import stealth.loader
 from stealth.core.packet import Reason
 from stealth.core.token import derive
-from stealth.nfqueue import AfterCommit
+from stealth.packet_queue import AfterCommit
 from stealth.profile import Profile
 from stealth.server import Server
 from stealth.server_state import ServerConfig, ServerState
@@ -32,7 +32,7 @@ def accepted(srv: Server, payload: bytes) -> bool:
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Server, ServerState, list[Profile]]:
-    monkeypatch.setattr(stealth.server, "RELOAD_STEP_SECONDS", 0.0)  # one chunk per maybe_reload()
+    monkeypatch.setattr(stealth.loader, "RELOAD_STEP_SECONDS", 0.0)  # one chunk per maybe_reload()
     state = ServerState(tmp_path / "state")
     state.init(ServerConfig("reload", (22,)))
     profiles = state.add_clients((f"c{i:05d}" for i in range(N)), (22,))
@@ -45,7 +45,7 @@ def run_reload(srv: Server) -> int:
     """Advance a reload to its end; returns the number of steps it took."""
     steps = 0
     srv.maybe_reload()
-    while srv._reload is not None:
+    while srv.sync.reloading:
         steps += 1
         srv.maybe_reload()
     return steps
@@ -60,7 +60,7 @@ def test_stepped_reload_serves_knocks_and_ends_exactly_at_the_new_file(
     state.revoke(revoked.name)
     (newcomer,) = state.add_clients(["late"], (22,))
     srv.maybe_reload()
-    assert srv._reload is not None, "a 5,000-client reload should take several steps"
+    assert srv.sync.reloading, "a 5,000-client reload should take several steps"
     # in the middle of the reload: unchanged clients are served, counters still move forward only
     assert accepted(srv, knock(last, 1))
     assert not accepted(srv, knock(first, 1))

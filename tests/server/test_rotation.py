@@ -4,15 +4,14 @@
 # one was used, after the deadline, after a crash, after the record was folded; the new key's spent
 # counters after that fold; an earlier rotation's unused key; a revoked client in the middle of one.
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
-import stealth.server
-import stealth.server_state
 from stealth.core.packet import Reason
 from stealth.core.token import derive
-from stealth.nfqueue import AfterCommit
+from stealth.packet_queue import AfterCommit
 from stealth.profile import Profile
 from stealth.server import Server
 from stealth.server_state import ServerConfig, ServerState
@@ -32,12 +31,11 @@ def accepted(srv: Server, payload: bytes) -> bool:
 
 
 class Clock:
-    """time.time() for the server and the state files, moved by the test."""
+    """time.time() for the daemon and the admin commands, moved by the test."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = T0
-        for module in (stealth.server, stealth.server_state):
-            monkeypatch.setattr(module.time, "time", lambda: self.now)
+        monkeypatch.setattr(time, "time", lambda: self.now)  # the one clock the loader and admin read
 
 
 @pytest.fixture
@@ -59,9 +57,9 @@ def started(state: ServerState) -> Server:
 
 
 def reload(srv: Server) -> None:
-    srv.reload_requested = True
+    srv.sync.reload_requested = True
     srv.maybe_reload()
-    while srv._reload is not None:
+    while srv.sync.reloading:
         srv.maybe_reload()
     assert srv.reload_error is None
 
