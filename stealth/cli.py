@@ -18,19 +18,33 @@ import click
 from stealth.backend import Backend, parse_assignment
 from stealth.cliutil import reports_errors, write_units
 from stealth.constants import (
+    COUNTER_MAX,
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
+    DEFAULT_PORT_STEP,
+    DEFAULT_PROTECTED_PORT,
     DEFAULT_QUEUE_NUM,
     DEFAULT_ROTATION_OVERLAP_SECONDS,
+    DEFAULT_RULES_CONFIRM_SECONDS,
     DEFAULT_SEAL_DEADLINE_MS,
     DEFAULT_SYN_RATE_PER_SECOND,
     DEFAULT_WINDOW,
+    MAX_PORT_STEP,
+    MAX_QUEUE_NUM,
+    MAX_RULES_CONFIRM_SECONDS,
+    MAX_SEAL_DEADLINE_MS,
+    MAX_SYN_RATE_PER_SECOND,
+    MAX_TCP_PORT,
     MAX_WINDOW,
+    MAX_WORKERS,
+    MIN_SEAL_DEADLINE_MS,
+    SYN_BURST_PER_RATE,
 )
 from stealth.core.token import PortRange, token_bits
 from stealth.errors import ConfigError, StealthError
 from stealth.profile import Profile
-from stealth.server_state import UNAUTH_CHOICES, ServerConfig, ServerState
+from stealth.server_config import UNAUTH_CHOICES, ServerConfig, UnauthMode
+from stealth.server_state import ServerState
 from stealth.status import utc
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,21 +72,26 @@ def with_state(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def parse_ports(value: str) -> tuple[int, ...]:
+    """A comma-separated port list as a sorted tuple without duplicates; click.BadParameter otherwise."""
     try:
         ports = tuple(sorted({int(p) for p in value.split(",") if p.strip()}))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of ports") from None
-    if not ports or not all(0 < p < 65536 for p in ports):
-        raise click.BadParameter("ports must be 1..65535")
+    if not ports or not all(0 < p <= MAX_TCP_PORT for p in ports):
+        raise click.BadParameter(f"ports must be 1..{MAX_TCP_PORT}")
     return ports
 
 
 def ports_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """click callback of a --ports option: parse_ports() of its value, None when it was not given;
+    click.BadParameter for a bad list."""
     return None if value is None else parse_ports(value)
 
 
 def backends_callback(ctx: click.Context, param: click.Parameter,
                       value: tuple[str, ...]) -> tuple[tuple[int, Backend], ...]:
+    """click callback of a repeatable PORT=BACKEND option: the (port, backend) pairs sorted by port;
+    click.BadParameter for one that does not parse."""
     try:
         return tuple(sorted(parse_assignment(v) for v in value))
     except ValueError as e:
@@ -93,17 +112,17 @@ def server() -> None:
 @server.command()
 @with_state
 @click.option("--server-id", required=True, help="This server's identity, bound into every token.")
-@click.option("--ports", default="22", callback=ports_callback, show_default=True,
+@click.option("--ports", default=str(DEFAULT_PROTECTED_PORT), callback=ports_callback, show_default=True,
               help="Protected TCP ports.")
 @click.option("--window", default=DEFAULT_WINDOW, show_default=True, type=click.IntRange(1, MAX_WINDOW),
               help="Look-ahead window W: future counters accepted per client.")
-@click.option("--queue", default=DEFAULT_QUEUE_NUM, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--queue", default=DEFAULT_QUEUE_NUM, show_default=True, type=click.IntRange(0, MAX_QUEUE_NUM),
               help="NFQUEUE number.")
-@click.option("--unauth", type=click.Choice(UNAUTH_CHOICES), default="auto", show_default=True,
+@click.option("--unauth", type=click.Choice(UNAUTH_CHOICES), default=UnauthMode.AUTO.value, show_default=True,
               help="Answer to unauthenticated packets: like this host's unused ports (auto), or force "
               "silence (drop) or the kernel's RST (reset).")
 @click.option("--syn-rate", default=DEFAULT_SYN_RATE_PER_SECOND, show_default=True,
-              type=click.IntRange(1, 10_000_000),
+              type=click.IntRange(1, MAX_SYN_RATE_PER_SECOND),
               help="SYNs per second per source /24 (/64) queued for checking, for sources that never "
               "knocked successfully; the rest are treated as unauthenticated in the kernel.")
 @click.option("--backend", "backends", multiple=True, metavar="PORT=BACKEND", callback=backends_callback,
@@ -113,7 +132,8 @@ def server() -> None:
               help="Like --backend, and seal the port: a connection reaches the service only after its "
               "first bytes prove the knock's session key (repeatable).")
 @click.option("--seal-deadline-ms", default=DEFAULT_SEAL_DEADLINE_MS, show_default=True,
-              type=click.IntRange(100, 600_000), help="How long a sealed connection may take to prove it.")
+              type=click.IntRange(MIN_SEAL_DEADLINE_MS, MAX_SEAL_DEADLINE_MS),
+              help="How long a sealed connection may take to prove it.")
 @reports_errors
 def init(state: ServerState, server_id: str, ports: tuple[int, ...], window: int, queue: int, unauth: str,
          syn_rate: int, backends: tuple[tuple[int, Backend], ...], seals: tuple[tuple[int, Backend], ...],
@@ -121,8 +141,9 @@ def init(state: ServerState, server_id: str, ports: tuple[int, ...], window: int
     """Create the server's config (server.toml) and state directory. The services behind protected
     ports must listen on loopback (or a Unix socket): stealth hands them the connections whose knock it
     accepted."""
-    config = ServerConfig(server_id, ports, window, queue, unauth=unauth, syn_rate_per_second=syn_rate,
-                          syn_burst=2 * syn_rate, backends=tuple(sorted(dict([*backends, *seals]).items())),
+    config = ServerConfig(server_id, ports, window, queue, unauth=UnauthMode(unauth),
+                          syn_rate_per_second=syn_rate, syn_burst=SYN_BURST_PER_RATE * syn_rate,
+                          backends=tuple(sorted(dict([*backends, *seals]).items())),
                           sealed=tuple(sorted(p for p, _ in seals)), seal_deadline_ms=seal_deadline_ms)
     state.init(config)
     click.echo(f"initialised {state.config_path} and {state.dir} (server id {server_id!r}, ports "
@@ -134,7 +155,8 @@ def init(state: ServerState, server_id: str, ports: tuple[int, ...], window: int
 
 def source_port_options(f: F) -> F:
     """--no-port-bits, --port-range, --port-step: how a client's OS picks source ports."""
-    f = click.option("--port-step", default=2, show_default=True, type=click.IntRange(1, 2),
+    f = click.option("--port-step", default=DEFAULT_PORT_STEP, show_default=True,
+                     type=click.IntRange(1, MAX_PORT_STEP),
                      help="2 when the client's connect() uses every other port (Linux), else 1.")(f)
     f = click.option("--port-range", default=f"{DEFAULT_PORT_LOW}-{DEFAULT_PORT_HIGH}", show_default=True,
                      help="The client OS's ephemeral port range.")(f)
@@ -144,6 +166,8 @@ def source_port_options(f: F) -> F:
 
 
 def parse_port_range(port_range: str, port_step: int) -> PortRange:
+    """The PortRange of --port-range LOW-HIGH and --port-step; click.BadParameter when they do not make
+    one."""
     try:
         low, high = (int(x) for x in port_range.split("-"))
         return PortRange(low, high, port_step)
@@ -331,7 +355,7 @@ def rotate(name: str, state: ServerState, overlap: str, profile_out: Path) -> No
 
 @server.command()
 @click.argument("name")
-@click.option("--counter", required=True, type=click.IntRange(0, (1 << 64) - 1),
+@click.option("--counter", required=True, type=click.IntRange(0, COUNTER_MAX),
               help="The client's last used counter, as its error message reports.")
 @with_state
 @reports_errors
@@ -343,9 +367,9 @@ def resync(name: str, counter: int, state: ServerState) -> None:
 
 @server.command()
 @with_state
-@click.option("--queue", default=None, type=click.IntRange(0, 65535),
+@click.option("--queue", default=None, type=click.IntRange(0, MAX_QUEUE_NUM),
               help="NFQUEUE number (default: server.toml).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, MAX_WORKERS),
               help="Worker processes, one NFQUEUE each (--queue-balance); a token still passes only once.")
 @click.option("--keep-rules-on-exit", is_flag=True, hidden=True,
               help="Accepted for old units; the rules always stay in place on exit now.")
@@ -381,9 +405,10 @@ def rules() -> None:
 
 @rules.command("apply")
 @with_state
-@click.option("--confirm-within", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+@click.option("--confirm-within", default=DEFAULT_RULES_CONFIRM_SECONDS, show_default=True,
+              type=click.FloatRange(1, MAX_RULES_CONFIRM_SECONDS),
               help="Seconds to wait for confirmation before rolling back.")
-@click.option("--queue", default=None, type=click.IntRange(0, 65535),
+@click.option("--queue", default=None, type=click.IntRange(0, MAX_QUEUE_NUM),
               help="NFQUEUE number (default: server.toml).")
 @reports_errors
 def rules_apply(state: ServerState, confirm_within: float, queue: int | None) -> None:

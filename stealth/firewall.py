@@ -39,10 +39,16 @@ from stealth.constants import (
     CAP_NET_ADMIN_BIT,
     CAP_NET_RAW_BIT,
     DEFAULT_ACCEPT_PORT,
+    DEFAULT_PREFIX_V4_BITS,
+    DEFAULT_PREFIX_V6_BITS,
+    DEFAULT_SYN_BURST,
+    DEFAULT_SYN_RATE_PER_SECOND,
+    FIREWALL_TOOL_TIMEOUT_SECONDS,
     GOOD_SOURCE_SECONDS,
     SBIN_DIRS,
 )
 from stealth.errors import FirewallError
+from stealth.server_config import UnauthMode
 
 FAMILIES = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-restore")}
 # (table, built-in chain that jumps to ours, our chain's suffix), in install order
@@ -50,30 +56,31 @@ HOOKS = (("mangle", "PREROUTING", ""), ("mangle", "OUTPUT", "-out"), ("filter", 
 TABLES = ("mangle", "filter")
 
 
-UNAUTH_MODES = ("drop", "reset")
+UNAUTH_MODES = (UnauthMode.DROP, UnauthMode.RESET)  # AUTO is decided per family before the rules are made
 
 
 @dataclass(frozen=True)
 class RuleConfig:
     """Everything one family's rules depend on: the queue (and how many workers share it), the protected
-    ports, the accept mark, the unauth mode ("drop" or "reset"; ValueError otherwise), the per-prefix SYN rate
+    ports, the accept mark, the unauth mode (DROP or RESET; ValueError otherwise), the per-prefix SYN rate
     limit and the daemon's loopback listener."""
 
     queue: int
     ports: tuple[int, ...]
     mark: int
-    mode: str = "drop"  # what unauthenticated packets get: "drop" or "reset"
-    syn_rate_per_second: int = 100  # per source prefix, for sources that never knocked successfully
-    syn_burst: int = 200
-    prefix_v4: int = 24
-    prefix_v6: int = 64
+    mode: str = UnauthMode.DROP  # what unauthenticated packets get: DROP or RESET (or their text)
+    # per source prefix, for sources that never knocked successfully:
+    syn_rate_per_second: int = DEFAULT_SYN_RATE_PER_SECOND
+    syn_burst: int = DEFAULT_SYN_BURST
+    prefix_v4: int = DEFAULT_PREFIX_V4_BITS
+    prefix_v6: int = DEFAULT_PREFIX_V6_BITS
     good_seconds: int = GOOD_SOURCE_SECONDS
     workers: int = 1  # queues queue .. queue+workers-1, spread by flow (--queue-balance)
     accept_port: int = DEFAULT_ACCEPT_PORT  # the daemon's transparent listener on loopback
 
     def __post_init__(self) -> None:
         if self.mode not in UNAUTH_MODES:
-            raise ValueError(f"mode must be one of {UNAUTH_MODES}")
+            raise ValueError(f"mode must be one of {tuple(str(m) for m in UNAUTH_MODES)}")
 
     @property
     def chain(self) -> str:
@@ -126,7 +133,7 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int, suffix: str = "") -> 
     queue = (f"-j NFQUEUE --queue-num {cfg.queue}" if cfg.workers == 1
              else f"-j NFQUEUE --queue-balance {cfg.queue_spec}")
     prefix = cfg.prefix_v4 if family == 4 else cfg.prefix_v6
-    unauth = "DROP" if cfg.mode == "drop" else "RETURN"
+    unauth = "DROP" if cfg.mode == UnauthMode.DROP else "RETURN"
     tproxy = f"-j TPROXY --on-port {cfg.accept_port} --on-ip {LOOPBACK[family]} --tproxy-mark {mark}"
     body = [
         f"-A {ch} -m mark --mark {mark} -j CONNMARK --save-mark --nfmask 0x{cfg.mark:x} "
@@ -141,7 +148,7 @@ def _chain_rules(cfg: RuleConfig, table: str, family: int, suffix: str = "") -> 
         f"--hashlimit-name stealth{family}-{cfg.queue} -j {unauth}",
         f"-A {ch} -p tcp --syn {queue}",
     ]
-    if cfg.mode == "drop":
+    if cfg.mode == UnauthMode.DROP:
         body.append(f"-A {ch} -j DROP")
     return head + body
 
@@ -279,11 +286,12 @@ def _run(argv: tuple[str, ...], stdin: str | None = None) -> subprocess.Complete
     if not effective_caps() >> CAP_NET_ADMIN_BIT & 1:
         raise cannot_run(argv[0])
     try:
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30, check=False)
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              timeout=FIREWALL_TOOL_TIMEOUT_SECONDS, check=False)
     except FileNotFoundError:
         raise cannot_run(argv[0]) from None
     except subprocess.TimeoutExpired:
-        raise FirewallError(f"{argv[0]} did not finish within 30 s") from None
+        raise FirewallError(f"{argv[0]} did not finish within {FIREWALL_TOOL_TIMEOUT_SECONDS} s") from None
 
 
 def apply(steps: list[Step]) -> None:

@@ -10,6 +10,7 @@ import subprocess
 from typing import Any
 
 from stealth.errors import FirewallError
+from stealth.server_config import UnauthMode
 
 XT_TOOLS = {4: ("iptables-legacy", "iptables-nft", "iptables"), 6: ("ip6tables-legacy", "ip6tables-nft",
                                                                      "ip6tables")}
@@ -23,8 +24,8 @@ def _cannot_mimic(what: str) -> FirewallError:
                          "set unauth = \"drop\" or \"reset\" in server.toml")
 
 
-def xtables_mode(lines: list[str], chain: str) -> str | None:
-    """"drop", "reset" or None (no verdict: the packet goes on) for a TCP packet to an unused port, from
+def xtables_mode(lines: list[str], chain: str) -> UnauthMode | None:
+    """DROP, RESET or None (no verdict: the packet goes on) for a TCP packet to an unused port, from
     `iptables -S` of the filter table. Unconditional rules decide and unconditional jumps are followed;
     conditional rules are taken not to match an unused port. Our own jump (`chain`) is skipped."""
     rules: dict[str, list[str]] = {}
@@ -38,10 +39,10 @@ def xtables_mode(lines: list[str], chain: str) -> str | None:
     verdict = _xt_walk(rules, "INPUT", chain, 0)
     if verdict is not None:
         return verdict
-    return "drop" if policy == "DROP" else None
+    return UnauthMode.DROP if policy == "DROP" else None
 
 
-def _xt_walk(rules: dict[str, list[str]], name: str, ours: str, depth: int) -> str | None:
+def _xt_walk(rules: dict[str, list[str]], name: str, ours: str, depth: int) -> UnauthMode | None:
     for rule in rules.get(name, []):
         match, _, target = rule.partition(" -j ")
         if match.strip() not in (f"-A {name}", f"-A {name} -p tcp") or not target:
@@ -50,12 +51,12 @@ def _xt_walk(rules: dict[str, list[str]], name: str, ours: str, depth: int) -> s
         if target_name == ours:
             continue
         if target_name == "DROP":
-            return "drop"
+            return UnauthMode.DROP
         if target_name == "ACCEPT":
-            return "reset"
+            return UnauthMode.RESET
         if target_name == "REJECT":
             if "tcp-reset" in target:
-                return "reset"
+                return UnauthMode.RESET
             raise _cannot_mimic(f"'{target}'")
         if target_name == "RETURN":
             return None
@@ -66,7 +67,7 @@ def _xt_walk(rules: dict[str, list[str]], name: str, ours: str, depth: int) -> s
     return None
 
 
-def nft_mode(ruleset: dict[str, Any], family: int) -> str | None:
+def nft_mode(ruleset: dict[str, Any], family: int) -> UnauthMode | None:
     """The same judgement for native nftables base chains at the input hook (`nft -j list ruleset`).
     Chains that iptables-nft keeps (upper-case names in its tables) are judged by xtables_mode."""
     items = [next(iter(i.items())) for i in ruleset.get("nftables", []) if isinstance(i, dict) and i]
@@ -84,27 +85,27 @@ def nft_mode(ruleset: dict[str, Any], family: int) -> str | None:
             continue
         verdict = _nft_walk(rules, key, 0)
         if verdict is None and chain.get("policy") == "drop":
-            verdict = "drop"
+            verdict = UnauthMode.DROP
         verdicts.append(verdict)
-    if "drop" in verdicts:
-        return "drop"
-    return "reset" if "reset" in verdicts else None
+    if UnauthMode.DROP in verdicts:
+        return UnauthMode.DROP
+    return UnauthMode.RESET if UnauthMode.RESET in verdicts else None
 
 
 def _nft_walk(rules: dict[tuple[str, str, str], list[list[Any]]], key: tuple[str, str, str],
-              depth: int) -> str | None:
+              depth: int) -> UnauthMode | None:
     for exprs in rules.get(key, []):
         if any(_is_match(e) for e in exprs):
             continue
         for e in exprs:
             if "drop" in e:
-                return "drop"
+                return UnauthMode.DROP
             if "accept" in e:
-                return "reset"
+                return UnauthMode.RESET
             if "reject" in e:
                 spec = e["reject"] or {}
                 if spec.get("type") == "tcp reset":
-                    return "reset"
+                    return UnauthMode.RESET
                 raise _cannot_mimic(f"nft 'reject {spec.get('type', 'icmp')}'")
             if "return" in e:
                 return None
@@ -137,7 +138,7 @@ def _run(argv: list[str]) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def host_unused_port_mode(family: int, chain: str) -> str:
+def host_unused_port_mode(family: int, chain: str) -> UnauthMode:
     """What this host does with a TCP packet to an unused port: "drop" if any firewall style drops it,
     else "reset" (Linux's own answer, or a REJECT with tcp-reset). Raises FirewallError when the host
     rejects with ICMP, or when no firewall tool can be read at all."""
@@ -161,4 +162,4 @@ def host_unused_port_mode(family: int, chain: str) -> str:
     if not read_any:
         raise FirewallError("cannot read this host's firewall (no iptables or nft found on PATH) to tell "
                             "drop from reset; install iptables or set unauth in server.toml")
-    return "drop" if "drop" in verdicts else "reset"
+    return UnauthMode.DROP if UnauthMode.DROP in verdicts else UnauthMode.RESET

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import binascii
 
-from stealth.constants import DEFAULT_WINDOW, KEY_BYTES, MAX_WINDOW
+from stealth.constants import (
+    DEFAULT_PORT_HIGH,
+    DEFAULT_PORT_LOW,
+    DEFAULT_PORT_STEP,
+    DEFAULT_WINDOW,
+    KEY_BYTES,
+    MAX_PORT_STEP,
+    MAX_TCP_PORT,
+    MAX_WINDOW,
+)
 from stealth.core.record import Record, set_field
 from stealth.core.secret import Secret
 from stealth.core.token import LINUX_PORTS, Binding, PortRange
@@ -18,8 +27,6 @@ TYPE_CHECKING = False  # mypy treats this name as True; typing's import costs ~3
 if TYPE_CHECKING:
     import os
     from typing import Any
-
-    from stealth.core.table import ClientSpec
 
 PROFILE_FORMAT = "stealth-profile-v1"
 
@@ -66,13 +73,6 @@ class Profile(Record):
         source = _packed_address(self.bind_source) if self.bind_source else None
         return Binding(self.server_id, self.port_bits, self.port_range, source)
 
-    def spec(self) -> ClientSpec:
-        """The server's ClientSpec for this profile, without an enrollment id. Loads the server's token table
-        module, which a knock never needs."""
-        from stealth.core.table import ClientSpec  # the server's table; a knock never loads it
-
-        return ClientSpec(self.name, self.key, self.binding, self.ports)
-
     def to_doc(self) -> dict[str, Any]:
         """The profile file's table, ready for TOML: the key in base64, optional fields only when set.
         from_doc() reads it back."""
@@ -115,8 +115,9 @@ class Profile(Record):
                 raise f.fault("bind_source", "not an IP address") from None
         try:
             port_range = PortRange(
-                f.integer("port_low", 1, 65535, 32768), f.integer("port_high", 1, 65535, 60999),
-                f.integer("port_step", 1, 2, 2),
+                f.integer("port_low", 1, MAX_TCP_PORT, DEFAULT_PORT_LOW),
+                f.integer("port_high", 1, MAX_TCP_PORT, DEFAULT_PORT_HIGH),
+                f.integer("port_step", 1, MAX_PORT_STEP, DEFAULT_PORT_STEP),
             )
             profile = cls(
                 name=f.text("name"),

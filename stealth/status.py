@@ -19,6 +19,7 @@ DAEMON_STATES = {
 
 
 def utc(unix_time: float) -> str:
+    """ISO 8601 UTC text (…Z) of a unix time."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_time))
 
 
@@ -41,18 +42,20 @@ def status_doc(state: ServerState) -> dict[str, Any]:
             "rotation": None if rotation is None else {  # pending: the new key was never used
                 "old_key_until": utc(rotation.until_s), "old_key_unix_until": rotation.until_s},
         })
+    settings = config.to_doc()  # server.toml's own fields, in its own words
     return {
-        "server_id": config.server_id, "config_file": str(state.config_path), "state_dir": str(state.dir),
-        "ports": list(config.ports), "window": config.window, "queue": config.queue,
-        "unauth": config.unauth, "syn_rate_per_second": config.syn_rate_per_second,
+        "server_id": settings["server_id"], "config_file": str(state.config_path),
+        "state_dir": str(state.dir),
+        **{key: settings[key] for key in ("ports", "window", "queue", "unauth", "syn_rate_per_second")},
         "backends": [{"port": p, "backend": str(config.backend(p)), "sealed": p in config.sealed}
                      for p in config.ports],
-        "seal_deadline_ms": config.seal_deadline_ms,
+        "seal_deadline_ms": settings["seal_deadline_ms"],
         "clients": clients, "server": daemon_doc(state),
     }
 
 
 def accept_doc(last: LastAccept | None) -> dict[str, Any] | None:
+    """A client's last accepted knock for status (time as text and unix seconds, source); None if never."""
     return None if last is None else {
         "time": utc(last.unix_time), "unix_time": last.unix_time, "source": last.source}
 
@@ -92,6 +95,7 @@ def render(doc: dict[str, Any]) -> list[str]:
 
 
 def client_line(c: dict[str, Any]) -> str:
+    """One client's line of the `status` text, from its object in status_doc()'s "clients"."""
     opts = [] if c["port_bits"] else ["no-port-bits"]
     if c["bind_source"]:
         opts.append(f"bind-source={c['bind_source']}")
@@ -105,6 +109,7 @@ def client_line(c: dict[str, Any]) -> str:
 
 
 def daemon_lines(d: dict[str, Any] | None) -> list[str]:
+    """The daemon's lines of the `status` text, from status_doc()'s "server" object (None: never ran)."""
     if d is None:
         return ["server: never ran"]
     lines = [f"server: {DAEMON_STATES[d['state']]} (pid {d['pid']})"]

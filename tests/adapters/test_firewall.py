@@ -3,6 +3,7 @@
 # bare SYNs are queued, only the daemon's mark reaches TPROXY, no packet to an unprotected port is
 # touched, and in drop mode everything else to a protected port ends in DROP.
 from stealth.firewall import RuleConfig, Step, plan_install, plan_remove, restore_input
+from stealth.server_config import UnauthMode
 
 CFG = RuleConfig(queue=50, ports=(22, 2222), mark=0x10000000)
 
@@ -97,7 +98,7 @@ def test_fail_closed_invariants() -> None:
 
 
 def test_reset_mode_leaves_unauthenticated_packets_to_the_kernel() -> None:
-    rules = _mangle(RuleConfig(queue=50, ports=(22,), mark=0x10000000, mode="reset"))
+    rules = _mangle(RuleConfig(queue=50, ports=(22,), mark=0x10000000, mode=UnauthMode.RESET))
     # no REJECT, no DROP: what the daemon does not mark meets the kernel's TCP stack, which finds no
     # socket on the protected port; over-rate SYNs go there directly
     assert not any("REJECT" in ln or ln.endswith("-j DROP") for ln in rules)

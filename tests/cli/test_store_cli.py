@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stealth.core.secret import Secret
+from stealth.core.table import ClientSpec
 from stealth.errors import ConfigError
 from stealth.profile import Profile
 from stealth.server_state import ServerState
@@ -188,7 +189,8 @@ def test_no_secret_in_output_or_repr(server: Path, tmp_path: Path) -> None:
     for out in outputs:
         assert b64 not in out.stdout + out.stderr
         assert profile.key.value.hex() not in out.stdout + out.stderr
-    for text in (repr(profile), str(profile), repr(profile.spec()), repr(Secret(profile.key.value))):
+    spec = ClientSpec(profile.name, profile.key, profile.binding, profile.ports)
+    for text in (repr(profile), str(profile), repr(spec), repr(Secret(profile.key.value))):
         assert b64 not in text and profile.key.value.hex() not in text and str(profile.key.value) not in text
 
 
