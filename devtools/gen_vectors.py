@@ -169,7 +169,7 @@ def core_outputs(v: dict[str, Any]) -> dict[str, Any]:
     from stealth.constants import TOKEN_DIGEST_BYTES
     from stealth.constants import TOKEN_PERSON as CORE_TOKEN_PERSON
     from stealth.core.seal import client_proof, server_proof
-    from stealth.core.secret import client_key
+    from stealth.core.secret import Secret
     from stealth.core.token import Binding, PortRange, derive, mac, token_input
 
     low, high, step = v["ports"]
@@ -179,7 +179,7 @@ def core_outputs(v: dict[str, Any]) -> dict[str, Any]:
         ports=PortRange(low, high, step),
         source=ipaddress.ip_address(v["source"]).packed if v["source"] else None,
     )
-    key = client_key(bytes.fromhex(v["key"]))
+    key = Secret(bytes.fromhex(v["key"]))
     data = token_input(binding, v["dport"], v["counter"])
     knock = derive(key, binding, v["dport"], v["counter"])
     return {

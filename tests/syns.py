@@ -2,14 +2,16 @@
 # only, in tests (the product never crafts a knock; the client's kernel sends it), so that a second,
 # independent implementation of IP/TCP encoding and checksums checks the core's parser.
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
 from stealth.core.gate import Gate
-from stealth.core.secret import Secret, client_key
-from stealth.core.table import ClientSpec, TokenTable
+from stealth.core.secret import Secret
+from stealth.core.slots import CBITS
+from stealth.core.table import ClientSpec, Entry, TokenTable
 from stealth.core.token import Binding, Knock, PortRange, derive
 
 SRC4, DST4 = "198.51.100.10", "198.51.100.1"
@@ -62,7 +64,7 @@ def knock_syn(knock: Knock, src: str = SRC4, dst: str = DST4, sport: int | None 
 
 
 def key_of(seed: int) -> Secret:
-    return client_key(bytes((seed + i) % 256 for i in range(32)))
+    return Secret(bytes((seed + i) % 256 for i in range(32)))
 
 
 def spec(
@@ -93,3 +95,16 @@ def gate_for(*specs: ClientSpec, last: int = 0, window: int = 16) -> Gate:
 
 def knock_of(client: ClientSpec, counter: int, dport: int | None = None) -> Knock:
     return derive(client.key, client.binding, dport if dport is not None else client.ports[0], counter)
+
+
+def sync(table: TokenTable, clients: Iterable[tuple[ClientSpec, int]]) -> None:
+    """table.sync_steps(clients) run to the end, as a server's reload does between packets."""
+    for _ in table.sync_steps(clients):
+        pass
+
+
+def tokens(table: TokenTable) -> list[tuple[int, Entry]]:
+    """Every token in `table` as (tag, Entry), read from its slot arrays (the table never lists them)."""
+    dports = {pi: port for port, pi in table.port_index.items()}
+    return [(word >> CBITS, table._entry(i, word >> CBITS, dports[word >> CBITS >> 49]))
+            for i, word in enumerate(table.slots) if word]

@@ -18,8 +18,7 @@
 # unreadable the other holds at most 1 less than the highest counter ever saved: the reader then assumes
 # last_used + 1. That makes even a corrupted *current* slot safe (one counter skipped, never one
 # reused). Both slots bad is an error naming the file, never a silent restart at 0. The flock on
-# <keyid>.lock keeps concurrent stealth-connect processes on distinct counters. An old-format
-# <keyid>.json is migrated on first use (the new file starts at its last_used).
+# <keyid>.lock keeps concurrent stealth-connect processes on distinct counters.
 # Paths are strings and the state types Records (stealth/core/record.py): this runs on every ssh login,
 # where pathlib's and dataclasses' imports alone would cost ~15 ms.
 from __future__ import annotations
@@ -32,7 +31,7 @@ import zlib
 from stealth.constants import COUNTER_MAX, RECOVERY_COUNTER_FLAG
 from stealth.core.record import Record, set_field
 from stealth.errors import ConfigError
-from stealth.store import Fields, atomic_write, check_file, ensure_dir, locked, os_error, read_json
+from stealth.store import atomic_write, check_file, ensure_dir, locked, os_error
 
 TYPE_CHECKING = False  # mypy treats this name as True; typing's import costs ~3.4 ms at start
 if TYPE_CHECKING:
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
     from stealth.store import StrPath
 
 SUFFIX = ".ctr"
-LEGACY_SUFFIX = ".json"
 BLOCK = 4096
 FILE_BYTES = 3 * BLOCK
 SLOT_OFFSETS = (0, BLOCK)
@@ -100,7 +98,7 @@ class _Current(Record):
 
 
 def _sibling(path: StrPath, suffix: str) -> str:
-    """`path` with its suffix replaced (Path.with_suffix): <keyid>.lock and <keyid>.json beside .ctr."""
+    """`path` with its suffix replaced (Path.with_suffix): <keyid>.lock beside <keyid>.ctr."""
     return os.path.splitext(os.fspath(path))[0] + suffix
 
 
@@ -135,7 +133,7 @@ def _unpack_ok(raw: bytes) -> tuple[int, int, float]:
 
 
 def initial_image(state: CounterState) -> bytes:
-    """The whole file for a fresh (or migrated) counter: both slots valid and equal."""
+    """The whole file for a fresh counter: both slots valid and equal."""
     blocks = [_pack_slot(1, state.last_used, state.last_ok), _pack_slot(0, state.last_used, state.last_ok),
               _pack_ok(state.last_ok)]
     return b"".join(b.ljust(BLOCK, b"\0") for b in blocks)
@@ -204,22 +202,9 @@ def _read(path: StrPath, fd: int) -> _Current:
     return parse(path, image)
 
 
-def _legacy_state(path: StrPath) -> CounterState | None:
-    legacy = _sibling(path, LEGACY_SUFFIX)
-    if not os.path.exists(legacy):
-        return None
-    f = Fields(legacy, read_json(legacy))
-    last_used = f.integer("last_used", 0, COUNTER_MAX)
-    return CounterState(last_used, min(last_used, f.integer("last_ok", 0, COUNTER_MAX)))
-
-
 def _create(path: StrPath) -> int:
-    """Create the counter file (from an old-format .json if there is one). Caller holds the lock."""
-    legacy = _legacy_state(path)
-    atomic_write(path, initial_image(legacy or CounterState(0, 0)))  # temp, fsync, rename, dir fsync
-    if legacy is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_sibling(path, LEGACY_SUFFIX))  # the new file, already durable, supersedes it
+    """Create the counter file at 0. Caller holds the lock."""
+    atomic_write(path, initial_image(CounterState(0, 0)))  # temp, fsync, rename, dir fsync
     fd = _open(path)
     if fd is None:
         raise ConfigError(path, "vanished right after it was created")
@@ -310,13 +295,13 @@ def record_recovery(path: StrPath, base: int) -> None:
 
 
 def read_counter(path: StrPath) -> CounterState:
-    """The saved state; an old-format .json is read as is; (0, 0) before the first knock."""
-    if not os.path.exists(path) and not os.path.exists(_sibling(path, LEGACY_SUFFIX)):
+    """The saved state; (0, 0) before the first knock."""
+    if not os.path.exists(path):
         return CounterState(0, 0)  # nothing to lock: a reader creates nothing
     with _locked(path):
         fd = _open(path)
         if fd is None:
-            return _legacy_state(path) or CounterState(0, 0)
+            return CounterState(0, 0)
         try:
             return _read(path, fd).state
         finally:

@@ -16,6 +16,8 @@ from stealth.core.token import session_key
 
 
 class Verdict(enum.Enum):
+    """What the queue is told: ACCEPT (once the commands are carried out) or DROP."""
+
     ACCEPT = "accept"
     DROP = "drop"
 
@@ -61,6 +63,9 @@ Command = PersistCounter | LogAccept | LogRefusal
 
 @dataclass(frozen=True)
 class Decision:
+    """receive()'s answer: the verdict, its Reason, the commands to carry out before the verdict (in
+    order), and on accept the client's name and the connection's session key (hidden from repr)."""
+
     verdict: Verdict
     reason: Reason
     commands: tuple[Command, ...] = ()

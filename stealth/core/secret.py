@@ -3,7 +3,6 @@
 # client imports this on every ssh login (stealth/core/record.py says why).
 from __future__ import annotations
 
-from stealth.constants import KEY_BYTES
 from stealth.core.record import Record, set_field
 
 
@@ -23,10 +22,3 @@ class Secret(Record):
         return f"Secret(<{len(self.value)} bytes hidden>)"
 
     __str__ = __repr__
-
-
-def client_key(raw: bytes) -> Secret:
-    """Validate a client key: exactly KEY_BYTES random bytes."""
-    if len(raw) != KEY_BYTES:
-        raise ValueError(f"a client key is {KEY_BYTES} bytes, got {len(raw)}")
-    return Secret(raw)

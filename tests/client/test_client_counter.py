@@ -1,7 +1,7 @@
 # Why: the client's counter file (client/stealth_connect/counter.py) is what stops a client from ever
 # putting one counter into two SYNs. These tests hold it to that under torn and corrupted slots,
-# migration from the old .json file, concurrent takers in several processes, and kill -9 at random
-# instants; and check the in-process profile cache never serves a changed or unsafe profile.
+# concurrent takers in several processes, and kill -9 at random instants; and check the in-process
+# profile cache never serves a changed or unsafe profile.
 import os
 import random
 import signal
@@ -28,7 +28,7 @@ from stealth_connect.profiles import (
 from stealth.core.secret import Secret
 from stealth.errors import ConfigError
 from stealth.profile import Profile
-from stealth.store import write_json, write_toml
+from stealth.store import write_toml
 from tests.conftest import ROOT, stealth_bin
 
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")])}
@@ -195,34 +195,6 @@ def test_unsafe_or_foreign_counter_file_is_refused(path: Path, damage: Any, need
     with pytest.raises(ConfigError) as e:
         take_counter(path)
     assert str(path) in str(e.value) and needle in str(e.value)
-
-
-def test_old_json_counter_file_is_migrated_at_or_above_its_last_used(path: Path) -> None:
-    path.parent.mkdir(mode=0o700)
-    legacy = path.with_suffix(".json")
-    write_json(legacy, {"last_used": 41, "last_ok": 40})
-    assert read_counter(path) == CounterState(41, 40)  # read as is, not converted by a read
-    assert legacy.exists() and not path.exists()
-    assert take_counter(path) == 42
-    assert not legacy.exists()
-    assert read_counter(path) == CounterState(42, 40)
-    assert take_counter(path) == 43
-
-
-def test_old_json_with_last_ok_above_last_used_still_migrates(path: Path) -> None:
-    path.parent.mkdir(mode=0o700)
-    write_json(path.with_suffix(".json"), {"last_used": 7, "last_ok": 9})
-    assert take_counter(path) == 8
-    assert read_counter(path) == CounterState(8, 7)
-
-
-def test_bad_old_json_counter_file_is_an_error_not_a_restart(path: Path) -> None:
-    path.parent.mkdir(mode=0o700)
-    path.with_suffix(".json").write_text('{"last_used": "many"}')
-    with pytest.raises(ConfigError) as e:
-        take_counter(path)
-    assert ".json" in str(e.value) and "last_used" in str(e.value)
-    assert not path.exists()
 
 
 def test_record_success_keeps_the_highest_answered_counter(path: Path) -> None:

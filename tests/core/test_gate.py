@@ -18,7 +18,7 @@ from stealth.constants import COUNTER_MAX, RECOVERY_SLOT_SKEW
 from stealth.core.gate import Decision, Gate, LogAccept, LogRefusal, PersistCounter, Verdict
 from stealth.core.packet import Reason
 from stealth.core.recovery import recovery_base, recovery_counter
-from stealth.core.secret import Secret, client_key
+from stealth.core.secret import Secret
 from stealth.core.table import ClientSpec, TokenTable
 from stealth.core.token import Knock, PortRange, derive
 from tests.conftest import scaled
@@ -35,7 +35,9 @@ from tests.syns import (
     packed,
     spec,
     syn,
+    sync,
     tcp_options,
+    tokens,
 )
 
 W = 16
@@ -44,7 +46,7 @@ BOB = spec("bob", key_of(2), ports=(22,))
 NAT = spec("nat", key_of(3), ports=(22,), port_bits=False)
 PINNED = spec("pinned", key_of(4), ports=(22,), source=SRC4)
 
-keys = st.binary(min_size=32, max_size=32).map(client_key)
+keys = st.binary(min_size=32, max_size=32).map(Secret)
 
 
 def accept(d: Decision, reason: Reason = Reason.VALID) -> None:
@@ -78,7 +80,7 @@ def snapshot(gate: Gate) -> Any:
     """Everything in the table an outsider's packet could change."""
     t = gate.table
     entries = {
-        k: (e.name, e.counter, e.spent) for k, e in t.items()
+        k: (e.name, e.counter, e.spent) for k, e in tokens(t)
     }
     return entries, {n: c.last for n, c in t.clients.items()}
 
@@ -527,14 +529,14 @@ def test_removed_client_drops_at_once() -> None:
     drop(gate.receive(knock_syn(knock_of(ALICE, 2)), T0), Reason.UNKNOWN_TOKEN)
     drop(gate.receive(knock_syn(knock, tsval=2), T0 + 1), Reason.UNKNOWN_TOKEN)  # not even a replay
     drop(gate.receive(knock_syn(knock_of(ALICE, 3, 6379)), T0), Reason.UNKNOWN_TOKEN)
-    assert all(e.name == "bob" for _, e in gate.table.items())
+    assert all(e.name == "bob" for _, e in tokens(gate.table))
     accept(gate.receive(knock_syn(knock_of(BOB, 1)), T0))
     gate.table.remove("alice")  # twice is harmless
 
 
 def test_sync_revokes_and_enrols() -> None:
     gate = gate_for(ALICE)
-    gate.table.sync([(BOB, 7)])
+    sync(gate.table, [(BOB, 7)])
     drop(gate.receive(knock_syn(knock_of(ALICE, 1)), T0), Reason.REVOKED)  # its live tokens stay, keyless
     assert gate.table.spec_of(gate.table.lookup(22, knock_of(ALICE, 1).isn, knock_of(ALICE, 1).sport or 0)
                               .index).key.value == bytes(32), "a revoked key is not kept"  # type: ignore[union-attr]
@@ -548,22 +550,22 @@ def test_sync_keeps_higher_in_memory_counters() -> None:
     gate = gate_for(ALICE)
     knock5 = knock_of(ALICE, 5)
     accept(gate.receive(knock_syn(knock5, tsval=1), T0))
-    gate.table.sync([(ALICE, 2)])  # a stale store must not roll the counter back
+    sync(gate.table, [(ALICE, 2)])  # a stale store must not roll the counter back
     assert gate.table.clients["alice"].last == 5
     drop(gate.receive(knock_syn(knock_of(ALICE, 3), src="203.0.113.1"), T0), Reason.REPLAY)
     drop(gate.receive(knock_syn(knock_of(ALICE, 5), src="203.0.113.1"), T0), Reason.REPLAY)
     drop(gate.receive(knock_syn(knock5, tsval=2), T0 + 1), Reason.REPLAY)  # state kept
-    gate.table.sync([(ALICE, 0)])
+    sync(gate.table, [(ALICE, 0)])
     assert gate.table.clients["alice"].last == 5
     # a changed key re-enrols, still from the higher counter
     rekeyed = spec("alice", key_of(99), ports=ALICE.ports)
-    gate.table.sync([(rekeyed, 1)])
+    sync(gate.table, [(rekeyed, 1)])
     assert gate.table.clients["alice"].last == 5
     drop(gate.receive(knock_syn(knock_of(ALICE, 6)), T0), Reason.UNKNOWN_TOKEN)
     drop(gate.receive(knock_syn(knock_of(rekeyed, 5)), T0), Reason.REPLAY)
     accept(gate.receive(knock_syn(knock_of(rekeyed, 6)), T0))
     # a higher stored counter (an admin resync) moves the client forward
-    gate.table.sync([(rekeyed, 40)])
+    sync(gate.table, [(rekeyed, 40)])
     assert gate.table.clients["alice"].last == 40
     drop(gate.receive(knock_syn(knock_of(rekeyed, 40)), T0), Reason.REPLAY)
     accept(gate.receive(knock_syn(knock_of(rekeyed, 40 + W)), T0))
@@ -584,7 +586,7 @@ def _leaks(text: str, secret: bytes) -> bool:
 
 def test_reprs_never_show_keys_or_session_keys() -> None:
     raw_key = bytes(range(0x41, 0x61))  # printable, so a raw leak would show as text
-    client = ClientSpec("carol", client_key(raw_key), spec("carol").binding, (22,))
+    client = ClientSpec("carol", Secret(raw_key), spec("carol").binding, (22,))
     knock = knock_of(client, 1)
     gate = gate_for(client)
     d = gate.receive(knock_syn(knock), T0)
@@ -643,7 +645,7 @@ def test_recovery_tokens_follow_the_slot_and_the_skew() -> None:
     drop(gate.receive(recovery_syn(BOB, SLOT), T0), Reason.UNKNOWN_TOKEN)  # a recorded one, later
     accept(gate.receive(recovery_syn(BOB, SLOT + 4), T0), Reason.RECOVERY)
     gate.table.remove("bob")
-    assert list(gate.table.items()) == []  # revocation takes the recovery tokens too
+    assert tokens(gate.table) == []  # revocation takes the recovery tokens too
     drop(gate.receive(recovery_syn(BOB, SLOT + 5), T0), Reason.UNKNOWN_TOKEN)
 
 

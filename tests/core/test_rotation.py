@@ -15,7 +15,7 @@ from stealth.core.rotation import client_name, old_key_live, predecessor_name, s
 from stealth.core.table import TokenTable
 from stealth.core.token import Binding, derive
 from tests.conftest import scaled
-from tests.syns import SERVER_ID, key_of, knock_syn
+from tests.syns import SERVER_ID, key_of, knock_syn, sync
 
 WINDOW = 4
 UNTIL_S = 100
@@ -49,8 +49,8 @@ def reload(table: TokenTable, model: Model, stored: bool) -> None:
     (a reload of a running server: the table's own counters are at least the stored ones)."""
     record = ROTATING.settle(counters(model), model.now) if model.folded else ROTATING
     found = counters(model) if stored else {}
-    table.sync((spec, max(found.get(spec.ident.hex(), 0), floor))
-               for spec, floor in record.specs(BINDING, model.now))
+    sync(table, ((spec, max(found.get(spec.ident.hex(), 0), floor))
+               for spec, floor in record.specs(BINDING, model.now)))
 
 
 steps = st.lists(st.one_of(

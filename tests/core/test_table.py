@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from stealth.core.recovery import live_slots, recovery_base, recovery_counter
 from stealth.core.secret import Secret
-from stealth.core.table import _CBITS, ClientSpec, TokenTable
+from stealth.core.slots import CBITS
+from stealth.core.table import ClientSpec, TokenTable
 from stealth.core.token import Binding, wire
+from tests.syns import sync
 
 PORTS = (22, 443)
 
@@ -86,7 +88,7 @@ def test_table_matches_a_model(ops: list[tuple[str, int, int]], window: int, wit
         if op == "add" or (op == "rekey" and name in model):
             s = spec(name, who * 1000 + n if op == "rekey" else who, port_bits=who % 3 != 0)
             last = max(n, model[name][1]) if name in model else n
-            table.sync([*((v[0], v[1]) for k, v in model.items() if k != name), (s, last)])
+            sync(table, [*((v[0], v[1]) for k, v in model.items() if k != name), (s, last)])
             model[name] = (s, last)
         elif op == "accept" and name in model:
             s, last = model[name]
@@ -143,7 +145,7 @@ def test_probe_runs_wrap_and_deletion_shifts_back() -> None:
         isn = -(-(home << 32) // cap)  # smallest ISN with this home
         assert (isn * cap) >> 32 == home
         tag = (0 << 49) | (isn << 17) | (2 * (n + 1))
-        words.append(tag << _CBITS | n)
+        words.append(tag << CBITS | n)
     for n, word in enumerate(words):
         assert table._put(word, n)
     assert not table._put(words[0] ^ 1, 99), "a taken tag is never inserted twice"
@@ -155,14 +157,14 @@ def test_probe_runs_wrap_and_deletion_shifts_back() -> None:
         rng.shuffle(doomed)
         alive = set(words)
         for word in doomed:
-            i = t2._find(word >> _CBITS)
+            i = t2._find(word >> CBITS)
             assert i >= 0 and t2.slots[i] == word
             t2._delete(i)
             alive.discard(word)
             for other in alive:
-                j = t2._find(other >> _CBITS)
+                j = t2._find(other >> CBITS)
                 assert j >= 0 and t2.slots[j] == other and t2.owner[j] == words.index(other), order
-            assert t2._find(word >> _CBITS) == -1
+            assert t2._find(word >> CBITS) == -1
         assert len(t2) == 0 and not any(t2.slots)
 
 
@@ -186,6 +188,12 @@ def test_reserve_and_bad_input() -> None:
         table.add(ClientSpec("x", Secret(bytes(32)), Binding("s"), (22,), ident=b"abc"), 0)
     with pytest.raises(ValueError, match="ports"):
         table.add(ClientSpec("y", Secret(bytes(32)), Binding("s"), tuple(range(1, 18))), 0)
+
+
+@pytest.mark.parametrize("size", [0, 16, 31, 33, 64])
+def test_a_client_key_is_32_bytes(size: int) -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        TokenTable(4).add(ClientSpec("k", Secret(bytes(size)), Binding("s"), (22,)), 0)
 
 
 def test_revoked_key_is_wiped_and_slot_reused() -> None:
