@@ -135,6 +135,7 @@ def record_of(profile: Profile, enrollment: str) -> ClientRecord:
 
 
 def dump_line(doc: dict[str, Any]) -> bytes:
+    """One clients.jsonl line (compact JSON and a newline) for a record's document."""
     return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
 

@@ -130,6 +130,7 @@ GROUP_COMMIT_MAX: Final = 256
 GROUP_COMMIT_SECONDS: Final = 0.002
 # Run loop.
 STATUS_INTERVAL_SECONDS: Final = 1.0
+SUPERVISOR_TICK_SECONDS: Final = 0.2  # how often the parent of --workers looks at its workers
 DAEMON_STALE_SECONDS: Final = 5.0  # a running daemon whose status is older than this is not answering
 RELOAD_POLL_SECONDS: Final = 1.0
 RELOAD_STEP_SECONDS: Final = 0.05  # reload work between two queue polls (a 1M-client reload is ~13 s)
@@ -145,7 +146,7 @@ REFUSAL_SUMMARY_SECONDS: Final = 5.0
 
 # --- files and paths ---------------------------------------------------------------------------------------
 SECRET_FILE_MODE: Final = 0o600
-STATE_DIR_MODE: Final = 0o700  # the server's state directory: keys and counters
+STATE_DIR_MODE: Final = 0o700  # state directories (the server's, a client's): keys and counters
 # The server's standard layout (stealth/server_state.py, resolve_layout): server.toml in the config
 # directory, everything the daemon writes in the state directory. Each may be named by an environment
 # variable (ours first, then the one systemd sets for ConfigurationDirectory= / StateDirectory=).

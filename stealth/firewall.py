@@ -68,7 +68,7 @@ class RuleConfig:
     queue: int
     ports: tuple[int, ...]
     mark: int
-    mode: str = UnauthMode.DROP  # what unauthenticated packets get: DROP or RESET (or their text)
+    mode: UnauthMode = UnauthMode.DROP  # what unauthenticated packets get: DROP or RESET
     # per source prefix, for sources that never knocked successfully:
     syn_rate_per_second: int = DEFAULT_SYN_RATE_PER_SECOND
     syn_burst: int = DEFAULT_SYN_BURST

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from stealth.constants import FIREWALL_TOOL_TIMEOUT_SECONDS
 from stealth.errors import FirewallError
 from stealth.server_config import UnauthMode
 
@@ -132,7 +133,8 @@ def _run(argv: list[str]) -> str | None:
     if shutil.which(argv[0]) is None:
         return None
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                timeout=FIREWALL_TOOL_TIMEOUT_SECONDS)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout if result.returncode == 0 else None

@@ -6,9 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from stealth.firewall import RuleConfig
 from stealth.hoststyle import host_unused_port_mode
-from stealth.server_state import ServerConfig
-
-AUTO = "auto"  # server.toml's unauth: answer like the host's unused ports
+from stealth.server_config import ServerConfig, UnauthMode
 
 
 def chain_of(queue_num: int) -> str:
@@ -17,14 +15,14 @@ def chain_of(queue_num: int) -> str:
 
 
 def firewall_plan(config: ServerConfig, queue_num: int, workers: int,
-                  host: Mapping[int, str]) -> dict[int, RuleConfig]:
+                  host: Mapping[int, UnauthMode]) -> dict[int, RuleConfig]:
     """The rules for each family in `host` (family -> what the host does with an unused port, "drop" or
     "reset"): server.toml's settings, the queue layout, and the unauth mode, which is the host's unless
     server.toml forces one. ValueError for a mode RuleConfig does not know."""
     c = config
     return {
         family: RuleConfig(
-            queue_num, c.ports, c.mark, host_mode if c.unauth == AUTO else str(c.unauth),
+            queue_num, c.ports, c.mark, host_mode if c.unauth is UnauthMode.AUTO else c.unauth,
             c.syn_rate_per_second, c.syn_burst, c.prefix_v4, c.prefix_v6, workers=workers,
             accept_port=c.accept_port,
         )
@@ -32,11 +30,11 @@ def firewall_plan(config: ServerConfig, queue_num: int, workers: int,
     }
 
 
-def host_modes(config: ServerConfig, queue_num: int, families: Iterable[int]) -> dict[int, str]:
+def host_modes(config: ServerConfig, queue_num: int, families: Iterable[int]) -> dict[int, UnauthMode]:
     """What this host does with unused ports, per family: looked up only when server.toml's unauth is
     "auto" (FirewallError when it cannot be told), else the forced mode for every family."""
-    if config.unauth != AUTO:
-        return {family: str(config.unauth) for family in families}
+    if config.unauth is not UnauthMode.AUTO:
+        return {family: config.unauth for family in families}
     chain = chain_of(queue_num)
     return {family: host_unused_port_mode(family, chain) for family in families}
 

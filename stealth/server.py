@@ -28,6 +28,7 @@ from stealth.loader import build_table, check_clients, check_steps, sync_steps, 
 from stealth.nfqueue import Queue
 from stealth.packet_queue import PacketQueue, QueueFactory
 from stealth.rules_plan import rules_for
+from stealth.server_config import UnauthMode
 from stealth.server_state import ServerState
 from stealth.sessions import key_channel
 from stealth.store import locked
@@ -40,6 +41,8 @@ log = logging.getLogger("stealth.server")
 
 
 class Phase(enum.Enum):
+    """Where the daemon is in its life (NEXT says where it may go next); status.json's "phase"."""
+
     NEW = "new"
     LOADED = "loaded"
     PROTECTING = "protecting"
@@ -76,6 +79,7 @@ class Server(Worker):
         self.phase = phase
 
     def status(self, families: list[int]) -> dict[str, object]:
+        """The worker's status.json document plus the daemon's phase and the rule guard's findings."""
         return {**super().status(families), "phase": self.phase.value,
                 **(self.guard.status() if self.guard else {})}
 
@@ -115,8 +119,8 @@ class Server(Worker):
         if self.exposed:
             raise ConfigError(self.state.config_path, exposed_message(self.exposed))
         rules = rules_for(self.config, self.queue_num, self.workers, families)
-        self.reset_families = {f for f, r in rules.items() if r.mode == "reset"}
-        self.modes = {f: r.mode for f, r in rules.items()}
+        self.reset_families = {f for f, r in rules.items() if r.mode is UnauthMode.RESET}
+        self.modes = {f: str(r.mode) for f, r in rules.items()}
         return rules
 
     def _bind(self, stack: contextlib.ExitStack) -> PacketQueue:

@@ -14,7 +14,7 @@ import fcntl
 import os
 import stat
 
-from stealth.constants import SECRET_FILE_MODE
+from stealth.constants import MAX_TCP_PORT, SECRET_FILE_MODE, STATE_DIR_MODE
 from stealth.errors import ConfigError
 
 TYPE_CHECKING = False  # mypy treats this name as True; typing's import costs ~3.4 ms at start
@@ -233,7 +233,8 @@ def ensure_dir(path: StrPath) -> None:
     """Create `path` (mode 0700; missing parents with the default mode) unless it exists; ConfigError when it
     cannot be created or is not a directory."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)  # only `path` itself gets the mode, as with mkdir -p
+        # only `path` itself gets the mode, as with mkdir -p
+        os.makedirs(path, mode=STATE_DIR_MODE, exist_ok=True)
     except OSError as e:
         raise ConfigError(path, f"cannot create directory: {e.strerror}") from None
     if not os.path.isdir(path):
@@ -301,7 +302,7 @@ class Fields:
     def ports(self, name: str, default: Any = ...) -> tuple[int, ...]:
         """A non-empty list of ports 1..65535, as a sorted tuple without duplicates; ConfigError otherwise."""
         value = self.get(name, list, default)
-        valid = all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in value)
+        valid = all(isinstance(p, int) and not isinstance(p, bool) and 0 < p <= MAX_TCP_PORT for p in value)
         if not value or not valid:
             raise self.fault(name, "expected a non-empty list of ports 1..65535")
         return tuple(sorted(set(value)))

@@ -11,7 +11,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from stealth.constants import RULE_CHECK_SECONDS, STATUS_INTERVAL_SECONDS
+from stealth.constants import RULE_CHECK_SECONDS, STATUS_INTERVAL_SECONDS, SUPERVISOR_TICK_SECONDS
 from stealth.errors import StealthError
 from stealth.store import locked
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from stealth.server import Server
 
 log = logging.getLogger("stealth.server")
-SUPERVISOR_TICK_SECONDS = 0.2  # how often the parent looks at its workers
 
 
 class Supervisor:

@@ -109,10 +109,12 @@ class Worker:
 
     @property
     def reload_error(self) -> str | None:
+        """Why the last reload failed (the previous clients stay in use); None after a good one."""
         return self.sync.reload_error
 
     @property
     def accepts(self) -> AcceptRecord:
+        """This process's record of each client's last accepted knock (accepts.py)."""
         return self.executor.accepts
 
     def accept_record(self, worker: int | None) -> AcceptRecord:
