@@ -1,6 +1,6 @@
-# Why: turns results.json into benchmarks/RESULTS.md: every figure next to its anchor (sKnock, fwknop,
-# the bare-callback figures of DESIGN.md §3) and every target of issue 4 marked hit or missed, so the
-# README can link one table and the numbers can never drift from the run that produced them.
+# Why: turns results.json into benchmarks/RESULTS.md: every figure next to its anchor (sKnock, fwknop, the
+# bare-callback figures measured on this VM before the project began) and every target of issue 4 marked hit
+# or missed, so the README can link one table and the numbers can never drift from the run that produced them.
 from typing import Any
 
 ANCHORS = {
@@ -8,7 +8,7 @@ ANCHORS = {
     "sknock_realistic": "sKnock: 6.1k pps realistic",
     "sknock_latency": "sKnock: +16 ms per connection",
     "fwknop": "fwknop: ≈100 ms knock-to-open",
-    "bare": "DESIGN §3: bare NetfilterQueue callback ≈212k SYN/s (≈245k under flood), batched drops ≈306k; "
+    "bare": "design-time: bare NetfilterQueue callback ≈212k SYN/s (≈245k under flood), batched drops ≈306k; "
             "C consumer ≈272k per packet, ≈547k batched",
 }
 
@@ -158,11 +158,11 @@ def verify_rows(v: dict[str, Any]) -> tuple[list[Row], list[tuple[str, Any]], An
         ("C consumer, per-packet verdicts", g(v, "c_consumer_per_packet", "highest_lossless_pps"),
          g(v, "c_consumer_per_packet", "processed_pps_at_saturation"),
          g(v, "c_consumer_per_packet", "sender_pps_at_saturation"),
-         g(v, "c_consumer_per_packet", "saturation", "consumer_cpu_pct"), "DESIGN §3: ≈272k"),
+         g(v, "c_consumer_per_packet", "saturation", "consumer_cpu_pct"), "design-time: ≈272k"),
         ("C consumer, batched drop verdicts", g(v, "c_consumer_batch", "highest_lossless_pps"),
          g(v, "c_consumer_batch", "processed_pps_at_saturation"),
          g(v, "c_consumer_batch", "sender_pps_at_saturation"),
-         g(v, "c_consumer_batch", "saturation", "consumer_cpu_pct"), "DESIGN §3: ≈547k"),
+         g(v, "c_consumer_batch", "saturation", "consumer_cpu_pct"), "design-time: ≈547k"),
         ("stealth, 100% junk", g(v, "junk", "highest_lossless_pps"),
          g(v, "junk", "processed_pps_at_saturation"), g(v, "junk", "sender_pps_at_saturation"),
          g(v, "junk", "saturation", "consumer_cpu_pct"), "bare Python callback ≈212k, batched ≈306k"),
@@ -182,7 +182,7 @@ def verify_rows(v: dict[str, Any]) -> tuple[list[Row], list[tuple[str, Any]], An
     drains = [(f"drain of a pre-filled queue, consumer alone on one core: {name}", g(v, *path))
               for name, path in DRAINS]
     rows += [(name, None, g(d, "steady_pps"), "pre-filled", g(d, "consumer_cpu_pct"), anchor)
-             for (name, d), anchor in zip(drains, ("DESIGN §3: ≈272k", "DESIGN §3: ≈547k",
+             for (name, d), anchor in zip(drains, ("design-time: ≈272k", "design-time: ≈547k",
                                                     "bare Python callback ≈212k",
                                                     "target: ≥ 200k (batched drops allowed)"), strict=True)]
     w2 = g(v, "junk_2_workers", "prefill_drain")
@@ -388,7 +388,7 @@ def targets(r: dict[str, Any]) -> list[str]:
         f"draining pre-filled queues together, one per core, vs {k(junk)} one process alone (sender "
         f"stopped; the workers got {worker_cpu(w2)} of their cores, x{w2.get('scaling_per_cpu_second')} "
         f"per CPU second; flood: x{scaling_flood}, bounded by the sender's core). A token passes once "
-        f"across workers: tests/test_workers.py | {hit(None if scaling is None else scaling >= 1.6)} |",
+        f"across workers: tests/e2e/test_workers.py | {hit(None if scaling is None else scaling >= 1.6)} |",
         f"| stealth adds ≤ 1 ms p50 over a plain connect, in-process | +{inproc} ms | "
         f"{hit(None if inproc is None else inproc <= 1.0)} |",
         f"| login through stealth ≤ 1.3x direct | x{ratio} | "

@@ -126,7 +126,7 @@ def parse_toml(path: StrPath, raw: bytes) -> dict[str, Any]:
 # (every profile and most hand-edited ones), read without tomllib. It accepts a strict subset of TOML and
 # returns None for anything else (tables, dotted or quoted keys, escapes, floats, comments after a value,
 # control characters, CR, duplicate keys, ...), so tomllib reads those and reports their errors: where it
-# returns a table, tomllib returns the same one (tests/test_profile_reader.py checks that).
+# returns a table, tomllib returns the same one (tests/adapters/test_profile_reader.py checks that).
 _BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _MAX_INT_DIGITS = 18  # longer integers go to tomllib, which knows TOML's limits
 

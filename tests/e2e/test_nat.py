@@ -1,7 +1,7 @@
-# Why: DESIGN §2 property 8. A NAT keeps the ISN but may rewrite the source port, and the source port
-# carries ~13.8 of the token's bits. Here a real client sits behind a router namespace that masquerades,
-# once keeping source ports (plain MASQUERADE) and once rewriting them (--random-fully). What the server
-# receives is checked from a capture on the server's own interface.
+# Why: a token bound to the source port must survive NAT where it can. A NAT keeps the ISN but may rewrite the
+# source port, and the source port carries ~13.8 of the token's bits. Here a real client sits behind a router
+# namespace that masquerades, once keeping source ports (plain MASQUERADE) and once rewriting them
+# (--random-fully). What the server receives is checked from a capture on the server's own interface.
 import subprocess
 import time
 from collections.abc import Iterator

@@ -1,13 +1,13 @@
-# Why: DESIGN §2 property 2 and issue 8, "Replays". An attacker (A1, A3) holds the knock SYN of a real
-# login, exactly as the server's interface received it, and sends it again with scapy (checksums
-# recomputed): with a later TCP timestamp, without the timestamp option, byte-exact from a client whose
-# kernel sends no timestamps, from the attacker's own address and spoofed as the client. Whenever it does
-# so, the server must never send a SYN-ACK to a replayed tuple, and never one byte of the service: while
-# the session the knock opened is still open, 1 s after logout (the server's conntrack still holds the
-# closed connection), once conntrack has forgotten it, and 30 s after logout. Each variant comes from a
-# login of its own, so it has a tuple of its own (the token's source port), and one burst per phase
-# still says which variant, if any, got in. Every replayed SYN must be seen arriving on the server's
-# interface, and those that meet no live connection must be counted as replays by the gate.
+# Why: one-time tokens (docs/PROTOCOL.md) and issue 8, "Replays". An attacker (a recorder on the path, or one
+# who can send from anywhere) holds the knock SYN of a real login, exactly as the server's interface received
+# it, and sends it again with scapy (checksums recomputed): with a later TCP timestamp, without the timestamp
+# option, byte-exact from a client whose kernel sends no timestamps, from the attacker's own address and
+# spoofed as the client. Whenever it does so, the server must never send a SYN-ACK to a replayed tuple, and
+# never one byte of the service: while the session the knock opened is still open, 1 s after logout (the
+# server's conntrack still holds the closed connection), once conntrack has forgotten it, and 30 s after
+# logout. Each variant comes from a login of its own, so it has a tuple of its own (the token's source port),
+# and one burst per phase still says which variant, if any, got in. Every replayed SYN must be seen arriving
+# on the server's interface, and those that meet no live connection must be counted as replays by the gate.
 #
 # The lab drops (`--unauth drop`), so the expected answer is silence. The one exception is the open
 # phase: a SYN on the tuple of a live session reaches that session's own socket, and the kernel answers

@@ -1,8 +1,9 @@
-# Why: DESIGN §2 property 2. When the server's SYN-ACK is lost, the client's kernel resends its SYN with
-# the same ISN and source port (and a later TCP timestamp); that retransmission must still get in, or a
-# lossy link would turn into "no answer" and burn counters. The SYN-ACK is lost on the server's own
-# egress with tc: an htb root whose SYN-ACK class ends in a zero-byte fifo (this kernel has no netem or
-# prio qdisc, and no gact action), removed again once it has dropped exactly one packet.
+# Why: a token passes once, yet the kernel's resends of an accepted SYN must pass. When the server's SYN-ACK
+# is lost, the client's kernel resends its SYN with the same ISN and source port (and a later TCP timestamp);
+# that retransmission must still get in, or a lossy link would turn into "no answer" and burn counters. The
+# SYN-ACK is lost on the server's own egress with tc: an htb root whose SYN-ACK class ends in a zero-byte fifo
+# (this kernel has no netem or prio qdisc, and no gact action), removed again once it has dropped exactly one
+# packet.
 #
 # What happens on this kernel (Linux 6.18): the server's own SYN-ACK timer and the client's SYN timer
 # both fire after ~1 s, and the server's timer wins by some 70 us, so its resent SYN-ACK would complete
