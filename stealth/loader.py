@@ -152,7 +152,7 @@ class ClientSync:
             log.error("reload failed, keeping the previous clients: %s", e)
             return
         self.reload_error = None
-        log.info("reloaded: %d clients enrolled", len(self.table.clients))
+        log.info("reloaded: %d clients enrolled", self.table.client_count)
 
     def maybe_move_slot(self) -> None:
         """When the wall clock enters a new recovery slot, move every client's recovery tokens, in steps

@@ -219,7 +219,7 @@ class Server(Worker):
         modes = ",".join(f"{'ipv4' if f == 4 else 'ipv6'}:{r.mode}" for f, r in rules.items())
         queues = rules[4].queue_spec.replace(":", "-")
         return (f"ready queue={queues} ports={','.join(map(str, self.config.ports))} "
-                f"clients={len(self.table.clients)} unauth={modes} workers={self.workers}")
+                f"clients={self.table.client_count} unauth={modes} workers={self.workers}")
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:

@@ -130,7 +130,7 @@ class Worker:
         return {
             "pid": os.getpid(), "queue": self.queue_num, "workers": self.workers,
             "ports": list(self.config.ports),
-            "families": families, "clients": len(self.table.clients), "table_entries": len(self.table),
+            "families": families, "clients": self.table.client_count, "table_entries": len(self.table),
             "counts": dict(sorted(self.counts.items())), "reload_error": self.reload_error,
             "public_listeners": self.exposed,
             "unauth_modes": {f"ipv{f}": mode for f, mode in sorted(self.modes.items())},

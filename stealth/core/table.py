@@ -75,6 +75,7 @@ class TokenTable(RecoveryTokens):
         if not 1 <= window <= MAX_WINDOW:
             raise ValueError(f"window must be 1..{MAX_WINDOW}")
         self.window = window
+        self._pairs = 0  # clients with both keys of a rotation enrolled (client_count counts them once)
         super().__init__(expected_tokens)
 
     def tokens_for(self, clients: int, ports_per_client: int) -> int:
@@ -133,6 +134,7 @@ class TokenTable(RecoveryTokens):
         if self._revoked:
             self._purge_revoked(spec)
         index = self._enroll(spec, last)
+        self._pairs += self._paired(spec.name)
         self._fill(index, max(1, last - self.window + 1), min(last + self.window, COUNTER_MAX),
                    self._series(index))
         if self.slot is not None:
@@ -145,9 +147,10 @@ class TokenTable(RecoveryTokens):
         `revoke`: its window's tokens stay behind, without the key, as a revoked key's (is_revoked), so a
         later knock with one is told from junk and logged; at most MAX_REVOKED_KEYS keys at a time are
         kept so (each costs what the client cost), until the server restarts."""
-        index = self.index.pop(name, None)
-        if index is None:
+        if name not in self.index:
             return
+        self._pairs -= self._paired(name)
+        index = self.index.pop(name)
         last = self._last[index]
         keep = revoke and len(self._revoked) < MAX_REVOKED_KEYS
         if not keep:
@@ -157,6 +160,16 @@ class TokenTable(RecoveryTokens):
             self._unfill_recovery(index, live_slots(self._rslot[index]))
             self._rslot[index] = 0
         self._release(index, keep)
+
+    @property
+    def client_count(self) -> int:
+        """Enrolled clients: names in the table, a client in a key rotation (two keys) counted once."""
+        return len(self.index) - self._pairs
+
+    def _paired(self, name: str) -> int:
+        """1 if `name`'s other key of a rotation is in the table too, else 0."""
+        other = predecessor_name(name)
+        return int((other if other is not None else successor_name(name)) in self.index)
 
     def _purge_revoked(self, spec: ClientSpec) -> None:
         """Before `spec` is enrolled: drop what a revoked key of the same ident left behind (a revoked

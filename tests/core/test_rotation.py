@@ -90,6 +90,7 @@ def test_the_table_follows_the_rotation_rule(run: list[tuple[object, ...]]) -> N
         elif not model.old_open():  # an admin command folds a finished rotation, and only that
             model.folded = True
             reload(table, model, stored=False)
+        assert table.client_count == 1, "one client, whichever of its keys are enrolled"
     names = set(table.clients)
     assert names <= {"alice", successor_name("alice")}
     assert ("alice" in names) == (model.folded or model.old_open())
