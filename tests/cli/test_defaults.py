@@ -4,32 +4,31 @@
 # directories), that a state directory still holding its own server.toml keeps working, that `add-client`
 # takes the server's ports by default and that `--profile-out -` writes the profile to standard output.
 # They never touch the real /etc/stealth or /var/lib/stealth: the privileged test_status_json.py runs the
-# real default paths, and the daemon, in a private mount namespace.
+# real default paths, and the daemon, in a private mount namespace. The commands run in process (click's
+# CliRunner), with the layout variables of the test's own environment taken away.
 import json
-import os
-import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+from stealth_cli import main
 
 from stealth.errors import ConfigError
 from stealth.profile import Profile
 from stealth.server_state import ServerState, find_config, resolve_layout
-from tests.conftest import stealth_bin
 
 NO_LAYOUT_ENV = ("STEALTH_STATE_DIR", "STEALTH_CONFIG_DIR", "STATE_DIRECTORY", "CONFIGURATION_DIRECTORY")
 PCAP_HEADER = bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000")  # empty Ethernet capture
 
 
-def stealth(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in NO_LAYOUT_ENV}
-    return subprocess.run([stealth_bin("stealth"), *args], capture_output=True, text=True, check=False,
-                          env={**base, **env}, input=stdin)
+def stealth(env: dict[str, str], *args: str, stdin: str | None = None) -> Result:
+    unset: dict[str, str | None] = dict.fromkeys(NO_LAYOUT_ENV)
+    return CliRunner().invoke(main, list(args), env={**unset, **env}, input=stdin, catch_exceptions=False)
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.stderr
     return result.stdout
 
 
@@ -90,7 +89,7 @@ def test_a_state_dir_with_its_own_server_toml_keeps_working(tmp_path: Path) -> N
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "server.toml").write_text('server_id = "new"\nports = [22]\n')
     both = stealth(env, "server", "status")
-    assert both.returncode == 1 and len(both.stderr.strip().splitlines()) == 1
+    assert both.exit_code == 1 and len(both.stderr.strip().splitlines()) == 1
     assert "both exist" in both.stderr and str(state / "server.toml") in both.stderr
     with pytest.raises(ConfigError, match="both exist"):
         find_config(state, tmp_path / "etc")
@@ -108,7 +107,7 @@ def test_profile_out_dash_writes_the_profile_to_stdout(tmp_path: Path) -> None:
     assert "written to standard output" in result.stderr
     assert not Path("-").exists() and not (tmp_path / "-").exists()
     devices = stealth(env, "server", "add-client", "bob", "--devices", "a,b", "--profile-out", "-")
-    assert devices.returncode == 1
+    assert devices.exit_code == 1
     assert devices.stderr.strip().splitlines() == [
         "stealth: --profile-out -: with --devices each device gets a profile of its own; name a directory "
         "for them"]

@@ -1,14 +1,21 @@
 # Why: the admin and client command lines as a user meets them: files are created 0600, bad or unsafe
 # files get one line naming the file and the fault with a non-zero exit, and no secret is ever printed.
+# In process: `stealth` through click's CliRunner, `stealth-connect` through its main(argv) with the
+# standard streams captured; test_entry_points.py runs the installed commands themselves.
 import base64
+import contextlib
 import os
 import socket
 import stat
-import subprocess
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+from stealth_cli import main
+from stealth_connect.cli import main as connect_main
 
 from stealth.core.secret import Secret
 from stealth.core.table import ClientSpec
@@ -16,26 +23,52 @@ from stealth.errors import ConfigError
 from stealth.profile import Profile
 from stealth.server_state import ServerState
 from stealth.store import atomic_write, read_bytes, read_toml
-from tests.conftest import stealth_bin
 
 HEADER = b'{"format": "stealth-clients-v1"}\n'
 GOOD_LINE = (b'{"name":"a","key":"' + base64.b64encode(bytes(32)) + b'","enrollment":"0123456789abcdef",'
              b'"ports":[22]}\n')
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([stealth_bin("stealth"), *args], capture_output=True, text=True, check=False,
-                          env={**os.environ, **(env or {})})
+@dataclass
+class Connected:
+    """A run of stealth-connect's main(): its exit status and standard streams."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
 
 
-def connect(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([stealth_bin("stealth-connect"), *args], capture_output=True, text=True,
-                          check=False, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-                          timeout=60)
+def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
+    """`stealth ARGS` (the root command: client, server, inspect) in process."""
+    return CliRunner().invoke(main, list(args), env=env, input=stdin, catch_exceptions=False)
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode != 0
+@contextlib.contextmanager
+def devnull_stdin() -> Iterator[None]:
+    """File descriptor 0 on /dev/null for the block, as a process started with stdin=DEVNULL has it: the
+    relay reads the descriptor itself, whatever pytest's capture left there (a tty under -s)."""
+    saved = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(devnull, 0)
+        yield
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(devnull)
+
+
+def connect(capfd: pytest.CaptureFixture[str], *args: str) -> Connected:
+    """`stealth-connect ARGS` in process; capfd, since the relay writes file descriptor 1 itself."""
+    capfd.readouterr()
+    with devnull_stdin():
+        code = connect_main(list(args))
+    out, err = capfd.readouterr()
+    return Connected(code, out, err)
+
+
+def one_line_error(result: Result | Connected, *needles: str) -> None:
+    assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     for needle in needles:
@@ -46,14 +79,14 @@ def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> N
 def server(tmp_path: Path) -> Path:
     state = tmp_path / "state"
     result = cli("server", "init", "--state-dir", str(state), "--server-id", "unit", "--ports", "22,2222")
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     return state
 
 
 def enroll(state: Path, name: str, out: Path, *extra: str) -> Profile:
     result = cli("server", "add-client", name, "--ports", "22", "--state-dir", str(state),
                  "--profile-out", str(out), *extra)
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     return Profile.from_doc(out, read_toml(out, secret=True))
 
 
@@ -143,7 +176,7 @@ def test_add_clients_in_bulk(server: Path, tmp_path: Path) -> None:
     out = tmp_path / "profiles"
     r = cli("server", "add-clients", "--names-from", str(names), "--ports", "22", "--state-dir", str(server),
             "--profiles-dir", str(out))
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     clients = ServerState(server).load_clients()
     assert sorted(clients) == ["bulk1", "bulk2", "bulk3"]
     keys = set()
@@ -169,11 +202,11 @@ def test_add_clients_in_bulk(server: Path, tmp_path: Path) -> None:
 def test_revoke_and_resync(server: Path, tmp_path: Path) -> None:
     enroll(server, "alice", tmp_path / "a.toml")
     one_line_error(cli("server", "revoke", "nobody", "--state-dir", str(server)), "nobody")
-    assert cli("server", "resync", "alice", "--counter", "40", "--state-dir", str(server)).returncode == 0
-    assert cli("server", "resync", "alice", "--counter", "10", "--state-dir", str(server)).returncode == 0
+    assert cli("server", "resync", "alice", "--counter", "40", "--state-dir", str(server)).exit_code == 0
+    assert cli("server", "resync", "alice", "--counter", "10", "--state-dir", str(server)).exit_code == 0
     assert ServerState(server).load_clients()["alice"].counter_floor == 40  # never moves back
     assert "last counter 40" in cli("server", "status", "--state-dir", str(server)).stdout
-    assert cli("server", "revoke", "alice", "--state-dir", str(server)).returncode == 0
+    assert cli("server", "revoke", "alice", "--state-dir", str(server)).exit_code == 0
     assert "alice" not in ServerState(server).load_clients()
     assert "clients: 0" in cli("server", "status", "--state-dir", str(server)).stdout
 
@@ -199,21 +232,22 @@ def test_client_import_uses_state_dir_env_and_xdg(server: Path, tmp_path: Path) 
     env_dir = tmp_path / "from-env"
     ok = cli("client", "import", str(tmp_path / "a.toml"), "--host", "Srv.Example",
              env={"STEALTH_CLIENT_DIR": str(env_dir)})
-    assert ok.returncode == 0, ok.stderr
+    assert ok.exit_code == 0, ok.stderr
     stored = env_dir / "hosts" / "srv.example.toml"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     xdg = tmp_path / "xdg"
     env = {"XDG_CONFIG_HOME": str(xdg), "STEALTH_CLIENT_DIR": ""}
-    assert cli("client", "import", str(tmp_path / "a.toml"), "--host", "h", env=env).returncode == 0
+    assert cli("client", "import", str(tmp_path / "a.toml"), "--host", "h", env=env).exit_code == 0
     assert (xdg / "stealth" / "hosts" / "h.toml").exists()
 
 
-def test_stealth_connect_without_profile(tmp_path: Path) -> None:
-    result = connect("198.51.100.77", "22", "--state-dir", str(tmp_path))
+def test_stealth_connect_without_profile(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    result = connect(capfd, "198.51.100.77", "22", "--state-dir", str(tmp_path))
     one_line_error(result, "no stealth profile", "stealth client import")
 
 
-def test_stealth_connect_port_not_in_profile_connects_plainly(server: Path, tmp_path: Path) -> None:
+def test_stealth_connect_port_not_in_profile_connects_plainly(server: Path, tmp_path: Path,
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
     """ssh's habit: one Host block for every port. A port the profile does not cover gets an ordinary
     connection (no knock, no counter spent), relayed like a knocked one."""
     enroll(server, "alice", tmp_path / "a.toml")
@@ -228,9 +262,9 @@ def test_stealth_connect_port_not_in_profile_connects_plainly(server: Path, tmp_
                 conn.sendall(b"SSH-2.0-plain\n")
 
         threading.Thread(target=serve, daemon=True).start()
-        result = connect("127.0.0.1", str(port), "--profile", str(tmp_path / "a.toml"), "--state-dir",
+        result = connect(capfd, "127.0.0.1", str(port), "--profile", str(tmp_path / "a.toml"), "--state-dir",
                          str(tmp_path / "c"))
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert result.stdout == "SSH-2.0-plain\n"
     assert not (tmp_path / "c" / "counters").exists()  # nothing spent
 
@@ -257,7 +291,7 @@ def test_export_profile_writes_the_same_profile_again_and_never_over_a_file(serv
     original = enroll(server, "alice", tmp_path / "a.toml", "--bind-source", "198.51.100.2")
     out = tmp_path / "again.toml"
     result = cli("server", "export-profile", "alice", "--state-dir", str(server), "--profile-out", str(out))
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     again = Profile.from_doc(out, read_toml(out, secret=True))
     assert again == original  # key, server id, ports and binding: every field
@@ -276,16 +310,14 @@ def test_a_profile_goes_from_export_to_import_through_a_pipe(server: Path, tmp_p
     """export-profile - | client import -: the key never rests in a file with the shell's umask."""
     original = enroll(server, "alice", tmp_path / "a.toml")
     exported = cli("server", "export-profile", "alice", "--state-dir", str(server), "--profile-out", "-")
-    assert exported.returncode == 0, exported.stderr
+    assert exported.exit_code == 0, exported.stderr
     client = tmp_path / "client"
-    imported = subprocess.run([stealth_bin("stealth"), "client", "import", "-", "--host", "h.example",
-                               "--state-dir", str(client)], input=exported.stdout, capture_output=True,
-                              text=True, check=False)
-    assert imported.returncode == 0, imported.stderr
+    imported = cli("client", "import", "-", "--host", "h.example", "--state-dir", str(client),
+                   stdin=exported.stdout)
+    assert imported.exit_code == 0, imported.stderr
     stored = client / "hosts" / "h.example.toml"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     assert Profile.from_doc(stored, read_toml(stored, secret=True)) == original
-    garbage = subprocess.run([stealth_bin("stealth"), "client", "import", "-", "--host", "g", "--state-dir",
-                              str(client)], input="key = [\n", capture_output=True, text=True, check=False)
+    garbage = cli("client", "import", "-", "--host", "g", "--state-dir", str(client), stdin="key = [\n")
     one_line_error(garbage, "standard input")
     assert not (client / "hosts" / "g.toml").exists()
