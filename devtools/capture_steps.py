@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stealth.constants import RECOVERY_BASE_SHIFT, RECOVERY_COUNTER_FLAG
+
 PROTECTED = (22, 2222)
 TCP_FLAG_FIN, TCP_FLAG_SYN, TCP_FLAG_RST, TCP_FLAG_ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -107,56 +109,107 @@ class Step:
 
 @dataclass(frozen=True)
 class Wire:
-    """The token image a knock put on the wire."""
+    """The token image a knock put on the wire: a counter's, or (counter RECOVERY_COUNTER_FLAG | slot) a
+    recovery token's (stealth/core/recovery.py)."""
 
     counter: int
     dport: int
     isn: int
     sport: int | None
 
+    @property
+    def recovery(self) -> bool:
+        """A recovery token (the gate accepts it as RECOVERY, not VALID)."""
+        return bool(self.counter & RECOVERY_COUNTER_FLAG)
+
+    @property
+    def label(self) -> str:
+        """The token in words: which counter, or which slot's recovery token."""
+        if self.recovery:
+            return f"recovery token of slot {self.counter & ~RECOVERY_COUNTER_FLAG}"
+        slot, offset = divmod(self.counter, 1 << RECOVERY_BASE_SHIFT)
+        if slot:
+            return f"counter {offset} after slot {slot}'s recovery base"
+        return f"counter {self.counter}"
+
 
 class KnockStep(Step):
-    """Kernel SYNs from stealth-connect (or the knock helper) carrying known tokens.
+    """Kernel SYNs from stealth-connect (or the knock helper) carrying known tokens of one client.
 
-    accepted: the first SYN of each token is VALID, later ones (same tuple: the kernel's retransmissions)
-    REPLAY (live, conntrack's mark carries them past the queue; the gate alone counts a spent token as
-    spent), and every other packet of the connection NOT_SYN. Otherwise every SYN gets `reason`."""
+    accepted: the step's knock gets in at once, so its SYNs carry one token: the first SYN is VALID (a
+    recovery token's RECOVERY), later ones on the same tuple (the kernel's retransmissions, planned with
+    `retransmits`) REPLAY (live, conntrack's mark carries them past the queue; the gate alone counts a
+    spent token as spent), and every other packet of the connection NOT_SYN; a second token is unplanned.
+    With `recovers` the step is accepted by recovery: the client's counters are refused (each SYN gets
+    `recovers`, and its RST sends the client on) and its recovery token is the one that gets in.
+    Otherwise every SYN of every token the client sends (after an RST stealth-connect falls back to its
+    recovery token and to the first counter after that slot's base; after silence a later run sends its
+    pending knock again) gets `reason`. `history` (shared by the steps of a session, filled in capture
+    order) names the step that first sent a token, so a token sent again (a pending knock resent by a
+    later run, a second device's copy of a profile) is told from a first knock."""
 
     def __init__(self, what: str, client_ip: str, wires: Sequence[Wire], accepted: bool, reason: str = "",
-                 retransmits: bool = False) -> None:
+                 retransmits: bool = False, history: dict[tuple[int, int], str] | None = None,
+                 recovers: str = "") -> None:
         self.what, self.client_ip, self.wires = what, client_ip, list(wires)
         self.accepted, self.reason, self.retransmits = accepted, reason, retransmits
+        self.recovers = recovers
+        self.refused: set[tuple[int, int]] = set()  # (dport, isn) of counters refused before a recovery
+        self.history = {} if history is None else history
         self.seen: dict[tuple[int, int, int], int] = {}  # (dport, isn, sport) -> SYNs seen
 
     def classify(self, p: Pkt) -> Expect:
         if p.src != self.client_ip:
             raise RuntimeError(f"{self.what}: unexpected packet {p.describe()}")
         if p.bare_syn:
-            wire = next((w for w in self.wires if w.isn == p.seq and w.dport == p.dport
-                         and w.sport in (None, p.sport)), None)
-            if wire is None:
-                raise RuntimeError(f"{self.what}: SYN with no token we sent: {p.describe()}")
-            assert p.sport is not None and p.dport is not None
-            key = (p.dport, wire.isn, p.sport)
-            n = self.seen.get(key, 0)
-            self.seen[key] = n + 1
-            label = f"{self.what}, counter {wire.counter}"
-            if not self.accepted:
-                return drop(self.reason, label + (f", kernel retransmission {n}" if n else ""))
-            if n == 0:
-                return accept("valid", label)
-            if not self.retransmits:
-                raise RuntimeError(f"{self.what}: unplanned SYN retransmission {p.describe()}; rerun")
-            return drop("replay", f"{label}, kernel retransmission {n} (live, conntrack's mark lets it in)")
-        if self.accepted and any(k[0] == p.dport and k[2] == p.sport for k in self.seen):
+            return self.classify_syn(p)
+        if self.accepted and any(k[0] == p.dport and k[2] == p.sport and k[:2] not in self.refused
+                                 for k in self.seen):
             return drop("not_syn", f"{self.what}: ACK/data/FIN of the accepted connection")
         raise RuntimeError(f"{self.what}: unexpected packet {p.describe()}")
+
+    def classify_syn(self, p: Pkt) -> Expect:
+        """A bare SYN of this step: which token it carries, and what that token must get."""
+        wire = next((w for w in self.wires if w.isn == p.seq and w.dport == p.dport
+                     and w.sport in (None, p.sport)), None)
+        if wire is None:
+            raise RuntimeError(f"{self.what}: SYN with no token we sent: {p.describe()}")
+        assert p.sport is not None and p.dport is not None
+        key = (p.dport, wire.isn, p.sport)
+        n = self.seen.get(key, 0)
+        tokens_before = {(k[0], k[1]) for k in self.seen} - self.refused
+        self.seen[key] = n + 1
+        label = f"{self.what}, {wire.label}"
+        first_by = self.history.setdefault((p.dport, wire.isn), self.what)
+        if n:
+            label += f", kernel retransmission {n}"
+        elif (p.dport, wire.isn) in tokens_before:
+            label += ", sent again on another tuple"
+        elif first_by != self.what:  # a pending knock sent again by a later run, or another device's copy
+            label += f", the token '{first_by}' sent before, sent again"
+        if not self.accepted:
+            return drop(self.reason, label)
+        if self.recovers and not wire.recovery:
+            self.refused.add((p.dport, wire.isn))
+            return drop(self.recovers, f"{label}, refused: the client then knocks with its recovery token")
+        if first_by != self.what:
+            raise RuntimeError(f"{self.what}: unplanned: an earlier step's knock sent again {p.describe()}")
+        if tokens_before - {(p.dport, wire.isn)}:
+            raise RuntimeError(f"{self.what}: unplanned second knock (the first was not taken?) "
+                               f"{p.describe()}; rerun")
+        if n == 0 and not tokens_before:
+            return accept("recovery" if wire.recovery else "valid", label)
+        if not self.retransmits:
+            raise RuntimeError(f"{self.what}: unplanned SYN retransmission {p.describe()}; rerun")
+        return drop("replay", f"{label} (live, conntrack's mark lets it in)")
 
     def finish(self) -> None:
         if not self.seen:
             raise RuntimeError(f"{self.what}: no SYN was captured")
         if self.retransmits and max(self.seen.values()) < 2:
             raise RuntimeError(f"{self.what}: the forced SYN retransmission did not happen; rerun")
+        if self.recovers and not (self.refused and {k[:2] for k in self.seen} - self.refused):
+            raise RuntimeError(f"{self.what}: planned a refused counter, then a recovery token that gets in")
 
 
 class ScanStep(Step):

@@ -1,12 +1,13 @@
-# Why: the pcap tests (DESIGN §5) replay real kernel traffic through `stealth inspect`. This script
-# records that traffic in throw-away network namespaces (scripts/lib/netlab.py): a live `stealth server
-# run` with a listener on 22 and 2222, stealth-connect knocks, replays, wrong keys and ports, a revoked
-# client, nmap and hping3 scans and scapy-crafted malformed packets, all captured by tcpdump on the
-# server's interface. It writes tests/captures/*.pcap (or --out DIR), the server state the test replays
-# against (copied before any traffic, counters at 0) and manifest.json. Every expectation in the manifest
+# Why: the pcap tests (tests/adapters/test_pcap.py) replay real kernel traffic through `stealth inspect`. This
+# script records that traffic in throw-away network namespaces (scripts/lib/netlab.py): a live `stealth server
+# run` protecting 22 and 2222 (the services behind them listen on loopback), stealth-connect knocks, replays,
+# wrong keys and ports, a recovery, a revoked client, nmap and hping3 scans and scapy-crafted malformed
+# packets, all captured by tcpdump on the server's interface. It writes tests/captures/*.pcap (or --out DIR),
+# the server states the test replays against (copied before any traffic, counters at 0; the recovery and
+# revoked captures get copies taken just before them) and manifest.json. Every expectation in the manifest
 # comes from what this script sent (which step, which token, which crafted bytes; devtools/capture_steps.py),
-# never from running the gate, so the test catches a wrong gate. Run as root: scripts/record-captures
-# (a shim; the code lives here so ruff and mypy see it).
+# never from running the gate, so the test catches a wrong gate. Run as root: scripts/record-captures (a shim;
+# the code lives here so ruff and mypy see it).
 import argparse
 import contextlib
 import functools
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -56,13 +57,15 @@ KERNEL_SYN_OPTIONS: list[tuple[str, Any]] = [
     ("MSS", 1460), ("SAckOK", b""), ("Timestamp", (2_000_000, 0)), ("NOP", None), ("WScale", 7),
 ]
 
+# The services behind the protected ports, on loopback: the server refuses to start while a socket
+# listens on a protected port's public address, and hands each accepted knock (either family) to
+# 127.0.0.1:PORT (stealth/backend.py's default backend).
 LISTENER = """
 import socket, threading
 def serve(port):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::", port))
+    s.bind(("127.0.0.1", port))
     s.listen(16)
     while True:
         c, _ = s.accept()
@@ -88,6 +91,7 @@ class Session:
         self.profiles.mkdir()
         self.recording: Recording | None = None
         self.recordings: list[Recording] = []
+        self.history: dict[tuple[int, int], str] = {}  # (dport, isn) -> the step that first sent it
         # (netlab keeps the lab's bridge a plain wire even with br_netfilter loaded)
         self.mac = {h.name: h.run(["cat", f"/sys/class/net/{h.iface}/address"]).stdout.strip()
                     for h in (self.srv, self.cli, self.atk)}
@@ -144,7 +148,7 @@ class Session:
         return result
 
     # knocks
-    def wires(self, profile: Path, counters: Sequence[int], dport: int) -> list[Wire]:
+    def wires(self, profile: Path, counters: Iterable[int], dport: int) -> list[Wire]:
         """The token images of `profile` for `dport` at each of `counters`."""
         from stealth_connect.profiles import load_profile
 
@@ -157,12 +161,26 @@ class Session:
             out.append(Wire(c, dport, k.isn, k.sport))
         return out
 
+    def client_wires(self, profile: Path, dport: int, start: float, end: float) -> list[Wire]:
+        """Every token stealth-connect may send with `profile` to `dport` between `start` and `end`: its
+        first MAX_COUNTER counters and, for each recovery slot of that time, the slot's recovery token
+        and the first MAX_COUNTER counters after the slot's base (where a taken recovery moves it, and
+        where it probes after a refused one; client/stealth_connect/connect.py)."""
+        from stealth.core.recovery import recovery_base, recovery_counter, slot_of
+
+        counters = list(range(1, MAX_COUNTER + 1))
+        for slot in range(slot_of(start), slot_of(end) + 1):
+            base = recovery_base(slot)
+            counters += [recovery_counter(slot), *range(base + 1, base + MAX_COUNTER + 1)]
+        return self.wires(profile, counters, dport)
+
     def connect(self, what: str, profile: Path, host: str, port: int, accepted: bool, reason: str = "",
-                timeout: float = 4.0, retries: int = 0, force_retransmit: bool = False) -> KnockStep:
-        """stealth-connect from cli; the step's tokens are the counters it took from its counter file."""
+                timeout: float = 4.0, force_retransmit: bool = False, recovers: str = "",
+                device: str = "client-state") -> KnockStep:
+        """stealth-connect from cli with the counters of `device` (a client state directory); the step's
+        tokens are any its counter file and the clock let it send (KnockStep says what each gets)."""
         argv = [str(VENV_BIN / "stealth-connect"), host, str(port), "--profile", str(profile),
-                "--state-dir", str(self.tmp / "client-state"),
-                "--timeout", str(timeout), "--retries", str(retries)]
+                "--state-dir", str(self.tmp / device), "--timeout", str(timeout)]
 
         def act() -> subprocess.CompletedProcess[str]:
             if not force_retransmit:
@@ -176,11 +194,13 @@ class Session:
             out, err = proc.communicate(input="", timeout=60)
             return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
-        step = KnockStep(what, "", [], accepted, reason, retransmits=force_retransmit)
+        step = KnockStep(what, "", [], accepted, reason, retransmits=force_retransmit, history=self.history,
+                         recovers=recovers)
         result = self.step(step, act)
         step.client_ip = self.cli.ip6 if ":" in host else self.cli.ip4
-        # whichever counters stealth-connect took, its SYNs carry this profile's tokens for this port
-        step.wires = self.wires(profile, range(1, MAX_COUNTER + 1), port)
+        # whichever counters (or recovery tokens) stealth-connect took, its SYNs carry this profile's
+        # tokens for this port
+        step.wires = self.client_wires(profile, port, step.start, step.end)
         ok = result.returncode == 0 and "hello" in result.stdout
         if ok != accepted:
             raise RuntimeError(f"{what}: stealth-connect {'failed' if accepted else 'succeeded'}: "
@@ -194,7 +214,7 @@ class Session:
         argv = [str(VENV_BIN / "python"), str(SCRIPT), "knock", "--profile", str(profile),
                 "--token-port", str(token_port), "--host", host, "--port", str(port),
                 "--timeout", str(timeout), "--counter", str(counter)]
-        step = KnockStep(what, h.ip6 if ":" in host else h.ip4, [], accepted, reason)
+        step = KnockStep(what, h.ip6 if ":" in host else h.ip4, [], accepted, reason, history=self.history)
         result = self.step(step, lambda: h.run(argv, timeout=60))
         info = json.loads(result.stdout)
         if info["connected"] != accepted:
@@ -291,7 +311,8 @@ def enroll(s: Session, out: Path) -> Profiles:
 
 
 def start_server(s: Session, log: IO[str]) -> "tuple[subprocess.Popen[str], subprocess.Popen[str]]":
-    """The listener on 22 and 2222, then `stealth server run` (stderr to `log`): both, once ready."""
+    """The service on loopback 22 and 2222, then `stealth server run` (stderr to `log`): both, once
+    ready."""
     listener = s.srv.popen([str(VENV_BIN / "python"), "-c", LISTENER])
     assert listener.stdout is not None
     if "listening" not in listener.stdout.readline():
@@ -300,7 +321,10 @@ def start_server(s: Session, log: IO[str]) -> "tuple[subprocess.Popen[str], subp
     assert server.stdout is not None
     line = server.stdout.readline()
     if "ready" not in line:
-        raise RuntimeError(f"stealth server did not start: {line!r}; see {s.tmp / 'server.log'}")
+        server.wait(timeout=15)
+        log.flush()  # the lab's directory goes with the lab: say here what the server said
+        said = (s.tmp / "server.log").read_text().strip()
+        raise RuntimeError(f"stealth server did not start: {line!r}; its log:\n{said}")
     return listener, server
 
 
@@ -366,7 +390,7 @@ def record_wrong_port(s: Session, p: Profiles) -> None:
     """wrong_port.pcap: dave's token for one port sent to the other."""
     dave, v4, v6 = p.dave, s.srv.ip4, s.srv.ip6
     with s.record("wrong_port.pcap", ["wrong_port"], "dave's token for one port sent to the other port "
-                  "(the kernel retransmits the unanswered SYN)"):
+                  "(the host resets it, as it does at its unused ports)"):
         # counters 10.. : stealth-connect used dave's first ones for the replay capture
         unknown = "unknown_token"
         s.knock("cli", "dave ipv4: token for :22 sent to :2222", dave, 22, v4, 2222, 10, False, unknown)
@@ -378,11 +402,13 @@ def record_wrong_key(s: Session, p: Profiles) -> None:
     """wrong_key.pcap: alice's name and server id, another server state's key."""
     alice_other, v4, v6 = p.alice_other, s.srv.ip4, s.srv.ip6
     with s.record("wrong_key.pcap", ["wrong_key"], "a profile for the same server id and name, but "
-                  "from another state dir (another key): every SYN, retransmissions included, is unknown"):
+                  "from another state dir (another key): every SYN is unknown, the client's fall-backs "
+                  "after each RST included (its recovery token, the first counter after the slot's base, "
+                  "and on the next run the recovery token at once)"):
         s.connect("alice with another server's key, ipv4 :22", alice_other, v4, 22, False, "unknown_token",
-                  timeout=1.5, retries=1)
+                  timeout=1.5)
         s.connect("alice with another server's key, ipv6 :2222", alice_other, v6, 2222, False,
-                  "unknown_token", timeout=1.5, retries=0)
+                  "unknown_token", timeout=1.5)
 
 
 def record_wrong_source(s: Session, p: Profiles) -> None:
@@ -578,6 +604,19 @@ def record_malformed(s: Session, p: Profiles) -> None:
         s.send_frames("atk", "crafted", frames, rst_from=[s.atk.ip4, s.atk.ip6])
 
 
+def record_recovery(s: Session, p: Profiles, out: Path) -> None:
+    """recovery.pcap: bob's profile copied to a second device, whose counters start again at 1: its
+    counter is refused as spent (bob's first device used it in valid.pcap), so it gets in with its
+    recovery token. The capture gets its own state copy (bob's counter where valid.pcap left it)."""
+    v4 = s.srv.ip4
+    s.copy_state(out / "state-recovery")  # the journal has every accepted counter before its verdict
+    with s.record("recovery.pcap", ["recovery"], "bob's profile on a second device (its own counters): "
+                  "its first counter was spent by his first device (a replay, RST), so stealth-connect "
+                  "knocks with the slot's recovery token, which gets in", state="state-recovery"):
+        s.connect("bob's second device ipv4 :22", p.bob, v4, 22, True, recovers="replay",
+                  device="client-state-2")
+
+
 def record_revoked(s: Session, p: Profiles, out: Path) -> None:
     """revoked.pcap: carol is removed from the running server; the capture gets its own state copy."""
     v4 = s.srv.ip4
@@ -585,8 +624,9 @@ def record_revoked(s: Session, p: Profiles, out: Path) -> None:
     time.sleep(2.5)  # the server reloads clients.jsonl within a second
     s.copy_state(out / "state-revoked")
     with s.record("revoked.pcap", ["revoked"], "carol, revoked while the server runs: her next "
-                  "knocks are unknown; alice still gets in", state="state-revoked"):
-        s.connect("carol (revoked) ipv4 :22", p.carol, v4, 22, False, "unknown_token", timeout=1.5, retries=1)
+                  "knocks are unknown (her counter, then her recovery token and the first counter after the "
+                  "slot's base, each after an RST); alice still gets in", state="state-revoked"):
+        s.connect("carol (revoked) ipv4 :22", p.carol, v4, 22, False, "unknown_token", timeout=1.5)
         s.connect("alice ipv4 :22 after carol's revocation", p.alice, v4, 22, True)
 
 
@@ -625,6 +665,7 @@ def record_all(s: Session, out: Path = OUT) -> dict[str, Any]:
     record_nmap(s)
     record_hping3(s)
     record_malformed(s, p)
+    record_recovery(s, p, out)
     record_revoked(s, p, out)
     server.terminate()
     server.wait(timeout=15)
