@@ -70,6 +70,8 @@ class Executor:
     def execute(self, decision: Decision, now: float) -> bool:
         """Carry out `decision`'s commands: a refusal is logged (rate-limited), an accept's are held for
         commit(). True when the packet must wait for the commit (an accept)."""
+        if not decision.commands:  # junk, the common case: nothing to carry out
+            return False
         pending = Pending(session_key=decision.session_key)
         for command in decision.commands:
             match command:
