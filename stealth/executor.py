@@ -130,10 +130,10 @@ class Executor:
         line = p.logline
         if line is None:
             return
-        self.accepts.note(p.ident, line.client, now_s, line.src)
+        name = client_name(line.client)
+        self.accepts.note(p.ident, name, now_s, line.src)
         if p.session_key is not None and self.keys is not None and line.dport in self.sealed:
             send_key(self.keys, line.src, line.sport, line.dport, p.session_key)
-        name = client_name(line.client)
         log.info("accept client=%s port=%d src=[%s]:%d counter=%d%s%s", name, line.dport,
                  format_addr(line.src), line.sport, line.counter, " recovery" if line.recovery else "",
                  " new-key" if name != line.client else "")

@@ -18,6 +18,7 @@ from stealth.constants import (
 )
 from stealth.core.gate import Gate
 from stealth.core.packet import Reason
+from stealth.core.rotation import successor_name
 from stealth.core.table import TokenTable
 from stealth.errors import StealthError
 from stealth.executor import Executor
@@ -119,9 +120,10 @@ class Worker:
 
     def accept_record(self, worker: int | None) -> AcceptRecord:
         """The last-accept record of this process (worker `worker`, or the server), whose entries stay
-        only for clients the table still knows."""
+        only for keys the table still holds (a rotating client's new key is held as its successor)."""
         def live(ident: str, name: str) -> bool:
-            return name in self.table.clients and self.table.ident_of(name).hex() == ident
+            return any(n in self.table.clients and self.table.ident_of(n).hex() == ident
+                       for n in (name, successor_name(name)))
 
         return AcceptRecord(*self.state.accept_paths(worker), live)
 

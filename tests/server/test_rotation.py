@@ -15,6 +15,7 @@ from stealth.packet_queue import AfterCommit
 from stealth.profile import Profile
 from stealth.server import Server
 from stealth.server_state import ServerConfig, ServerState
+from stealth.status import status_doc
 from tests.syns import knock_syn
 
 T0 = 2_000_000_000.0
@@ -174,3 +175,25 @@ def test_a_re_enrolled_name_starts_from_its_new_keys_counter(state: ServerState,
     reload(srv)
     assert accepted(srv, knock(again, 1))
     assert not accepted(srv, knock(old, 40))
+
+
+def test_the_new_keys_last_accept_survives_folds_of_both_files(state: ServerState, clock: Clock) -> None:
+    """status shows the last accept of a rotated client's new key while the rotation is pending, after
+    the record was folded, and across folds of the last-accept log (which keep only keys still held)."""
+
+    def last_accept() -> object:
+        srv.accepts.flush(1.0)
+        for _ in srv.accepts._fold_steps():  # a whole fold of the log into the snapshot, now
+            pass
+        (alice,) = [c for c in status_doc(state)["clients"] if c["name"] == "alice"]
+        return alice["last_accept"]
+
+    state.add_client("alice", (22,))
+    srv = started(state)
+    new, _, _ = state.rotate("alice", DAY_S, clock.now)
+    reload(srv)
+    assert accepted(srv, knock(new, 1))
+    assert last_accept() is not None, "while the rotation is pending"
+    state.add_client("bob", (22,))  # folds alice's record: the new key becomes her key
+    reload(srv)
+    assert last_accept() is not None, "after the record's fold"
