@@ -101,8 +101,9 @@ class Server(Worker):
             for sock in listeners:
                 stack.callback(sock.close)
             stack.callback(self.accepts.close)
-            queue = self._bind(stack) if self.workers == 1 else None
-            stack.callback(self._publish_stopped, families)  # from here on, status says how it ended
+            queue = self._bind(stack, families) if self.workers == 1 else None
+            if queue is None:
+                stack.callback(self._publish_stopped, families)  # from here on, status says how it ended
             install(rules)  # until the workers bind their queues, SYNs are dropped: fail closed
             self.enter(Phase.PROTECTING)
             self.guard = Guard(rules, lambda: spawn(listeners, self._acceptor_plan(), keys_in),
@@ -123,8 +124,10 @@ class Server(Worker):
         self.modes = {f: str(r.mode) for f, r in rules.items()}
         return rules
 
-    def _bind(self, stack: contextlib.ExitStack) -> PacketQueue:
+    def _bind(self, stack: contextlib.ExitStack, families: list[int]) -> PacketQueue:
+        """Bind this process's queue; once it is bound, the final status is written after it is closed."""
         queue = self.queue_factory(self.queue_num, self.handle, self.on_error, self.commit)
+        stack.callback(self._publish_stopped, families)
         stack.callback(queue.close)
         return queue
 
