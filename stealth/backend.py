@@ -6,6 +6,8 @@
 import ipaddress
 from dataclasses import dataclass
 
+from stealth.checks import port_of
+
 UNIX_PREFIX = "unix:"
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}  # per address family (4, 6)
 
@@ -39,7 +41,8 @@ def parse_backend(text: str) -> Backend:
             raise ValueError(f"{text!r}: a Unix socket backend needs an absolute path")
         return Backend(path=path)
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    port = port_of(port_text)
+    if not sep or port is None:
         raise ValueError(f"{text!r}: expected HOST:PORT, [IPV6]:PORT or unix:PATH")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
@@ -49,7 +52,7 @@ def parse_backend(text: str) -> Backend:
     if not addr.is_loopback:
         raise ValueError(f"{text!r}: the backend must listen on loopback (127.0.0.0/8 or ::1) or a Unix "
                          "socket, where no stranger can reach it")
-    return Backend(host=str(addr), port=int(port_text))
+    return Backend(host=str(addr), port=port)
 
 
 def default_backend(port: int) -> Backend:
@@ -60,6 +63,7 @@ def default_backend(port: int) -> Backend:
 def parse_assignment(text: str) -> tuple[int, Backend]:
     """"PORT=BACKEND", as given to `stealth server init --backend`."""
     port_text, sep, backend = text.partition("=")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    port = port_of(port_text)
+    if not sep or port is None:
         raise ValueError(f"{text!r}: expected PORT=BACKEND, for example 22=127.0.0.1:22")
-    return int(port_text), parse_backend(backend)
+    return port, parse_backend(backend)

@@ -16,6 +16,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from stealth.backend import Backend, parse_assignment
+from stealth.checks import is_port
 from stealth.cliutil import reports_errors, write_units
 from stealth.constants import (
     COUNTER_MAX,
@@ -77,7 +78,7 @@ def parse_ports(value: str) -> tuple[int, ...]:
         ports = tuple(sorted({int(p) for p in value.split(",") if p.strip()}))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of ports") from None
-    if not ports or not all(0 < p <= MAX_TCP_PORT for p in ports):
+    if not ports or not all(is_port(p) for p in ports):
         raise click.BadParameter(f"ports must be 1..{MAX_TCP_PORT}")
     return ports
 

@@ -4,7 +4,6 @@
 # carry a pending key rotation (core/rotation.py): the new key, its enrollment id and the deadline of the
 # old key; settle() folds a finished rotation into the record.
 import base64
-import binascii
 import ipaddress
 import json
 from collections.abc import Iterator, Mapping
@@ -12,14 +11,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from stealth.checks import PORTS_RULE, is_port, key_of
 from stealth.constants import (
     COUNTER_MAX,
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
     DEFAULT_PORT_STEP,
-    KEY_BYTES,
     MAX_CLIENT_NAME_CHARS,
     MAX_PROTECTED_PORTS,
+    MAX_TCP_PORT,
 )
 from stealth.core.rotation import old_key_live, successor_name
 from stealth.core.secret import Secret
@@ -171,13 +171,9 @@ class ClientsReader:
         return v
 
     def _key(self, lineno: int, doc: dict[str, Any], name: str) -> Secret:
-        text = doc.get(name)
-        try:
-            raw = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != KEY_BYTES:
-            raise self._fault(lineno, doc.get("name"), f"{name}: must be {KEY_BYTES} bytes in base64")
+        raw = key_of(doc.get(name))
+        if isinstance(raw, str):
+            raise self._fault(lineno, doc.get("name"), f"{name}: {raw}")
         return Secret(raw)
 
     def _enrollment(self, lineno: int, doc: dict[str, Any], name: str) -> str:
@@ -210,10 +206,9 @@ class ClientsReader:
         ports = doc.get("ports")
         if (
             not isinstance(ports, list) or not ports or len(ports) > MAX_PROTECTED_PORTS
-            or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports)
+            or not all(is_port(p) for p in ports)
         ):
-            raise self._fault(lineno, doc["name"],
-                              f"ports: expected 1..{MAX_PROTECTED_PORTS} ports in 1..65535")
+            raise self._fault(lineno, doc["name"], f"ports: {PORTS_RULE}, at most {MAX_PROTECTED_PORTS}")
         port_tuple = tuple(sorted(set(ports)))
         return self._ports.setdefault(port_tuple, port_tuple)
 
@@ -228,8 +223,8 @@ class ClientsReader:
             return PortRange()
         try:
             return PortRange(
-                self._int(lineno, doc, "port_low", 1, 65535, DEFAULT_PORT_LOW),
-                self._int(lineno, doc, "port_high", 1, 65535, DEFAULT_PORT_HIGH),
+                self._int(lineno, doc, "port_low", 1, MAX_TCP_PORT, DEFAULT_PORT_LOW),
+                self._int(lineno, doc, "port_high", 1, MAX_TCP_PORT, DEFAULT_PORT_HIGH),
                 self._int(lineno, doc, "port_step", 1, 2, DEFAULT_PORT_STEP),
             )
         except ValueError as e:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from stealth.checks import enrolled_twice
 from stealth.clients_file import (
     CLIENTS_FORMAT,
     CLIENTS_HEADER,
@@ -111,7 +112,7 @@ class EnrolledClients:
         out: dict[str, Enrolled] = {}
         for e in self.iter_clients():
             if e.profile.name in out:
-                raise ConfigError(self.clients_path, f"client {e.profile.name!r} is enrolled twice")
+                raise ConfigError(self.clients_path, enrolled_twice(e.profile.name))
             out[e.profile.name] = e
         return out
 

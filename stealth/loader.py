@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+from stealth.checks import enrolled_twice
 from stealth.constants import RELOAD_STEP_SECONDS
 from stealth.core.recovery import slot_of
 from stealth.core.table import TokenTable
@@ -60,7 +61,7 @@ def check_steps(state: ServerState, config: ServerConfig, chunk: int = 2000) -> 
     names: set[str] = set()
     for record in state.iter_records(config):
         if record.name in names:
-            raise ConfigError(state.clients_path, f"client {record.name!r} is enrolled twice")
+            raise ConfigError(state.clients_path, enrolled_twice(record.name))
         names.add(record.name)
         if len(names) % chunk == 0:
             yield

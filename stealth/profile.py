@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import binascii
 
+from stealth.checks import key_of
 from stealth.constants import (
     DEFAULT_PORT_HIGH,
     DEFAULT_PORT_LOW,
     DEFAULT_PORT_STEP,
     DEFAULT_WINDOW,
-    KEY_BYTES,
     MAX_PORT_STEP,
     MAX_TCP_PORT,
     MAX_WINDOW,
@@ -101,12 +101,9 @@ class Profile(Record):
         f = Fields(path, doc, where)
         if f.text("format", PROFILE_FORMAT) != PROFILE_FORMAT:
             raise f.fault("format", "unsupported profile format")
-        try:  # what base64.b64decode(key, validate=True) does; a non-ASCII key: UnicodeEncodeError
-            raw = binascii.a2b_base64(f.text("key").encode("ascii"), strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise f.fault("key", "not valid base64") from None
-        if len(raw) != KEY_BYTES:
-            raise f.fault("key", f"must be {KEY_BYTES} bytes")
+        raw = key_of(f.text("key"))
+        if isinstance(raw, str):
+            raise f.fault("key", raw)
         source = f.text("bind_source", "") or None
         if source is not None:
             try:

@@ -14,7 +14,8 @@ import fcntl
 import os
 import stat
 
-from stealth.constants import MAX_TCP_PORT, SECRET_FILE_MODE, STATE_DIR_MODE
+from stealth.checks import PORTS_RULE, is_port
+from stealth.constants import SECRET_FILE_MODE, STATE_DIR_MODE
 from stealth.errors import ConfigError
 
 TYPE_CHECKING = False  # mypy treats this name as True; typing's import costs ~3.4 ms at start
@@ -302,7 +303,7 @@ class Fields:
     def ports(self, name: str, default: Any = ...) -> tuple[int, ...]:
         """A non-empty list of ports 1..65535, as a sorted tuple without duplicates; ConfigError otherwise."""
         value = self.get(name, list, default)
-        valid = all(isinstance(p, int) and not isinstance(p, bool) and 0 < p <= MAX_TCP_PORT for p in value)
+        valid = all(is_port(p) for p in value)
         if not value or not valid:
-            raise self.fault(name, "expected a non-empty list of ports 1..65535")
+            raise self.fault(name, PORTS_RULE)
         return tuple(sorted(set(value)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from stealth.checks import is_port
 from stealth.constants import DEFAULT_CONNECT_TIMEOUT_SECONDS
 from stealth.errors import StealthError
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     family = {None: 0, 4: socket.AF_INET, 6: socket.AF_INET6}[args.family]
     try:
-        if not 0 < args.port < 65536 or args.timeout <= 0:
+        if not is_port(args.port) or args.timeout <= 0:
             raise StealthError("port must be 1..65535 and timeout > 0")
         store = ClientStore(args.state_dir)
         profile = load_profile(clean_path(args.profile) if args.profile is not None

@@ -111,7 +111,8 @@ def line(**fields: object) -> bytes:
 
 @pytest.mark.parametrize(("fields", "needle"), [
     ({"next_key": KEY_B, "next_enrollment": "fedcba9876543210"}, "rotate_until: missing"),
-    ({"next_key": "short", "next_enrollment": "fedcba9876543210", "rotate_until": 5}, "next_key: must be 32"),
+    ({"next_key": "short", "next_enrollment": "fedcba9876543210", "rotate_until": 5}, "next_key: not valid"),
+    ({"next_key": KEY_B[:24], "next_enrollment": "fedcba9876543210", "rotate_until": 5}, "key: must be 32"),
     ({"next_key": KEY_B, "next_enrollment": "XYZ", "rotate_until": 5}, "next_enrollment: must be 16"),
     ({"next_key": KEY_B, "next_enrollment": "0123456789abcdef", "rotate_until": 5}, "must differ"),
     ({"next_key": KEY_B, "next_enrollment": "fedcba9876543210", "rotate_until": "x"}, "rotate_until: must"),

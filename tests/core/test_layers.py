@@ -7,8 +7,8 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 # `stealth` itself is only its version string
-SHARED = ("stealth", "stealth.core", "stealth.constants", "stealth.errors", "stealth.profile",
-          "stealth.store", "stealth.cliutil")
+SHARED = ("stealth", "stealth.core", "stealth.checks", "stealth.constants", "stealth.errors",
+          "stealth.profile", "stealth.store", "stealth.cliutil")
 SHARED_THIRD_PARTY = ("click", "tomli_w")
 
 
