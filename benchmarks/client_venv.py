@@ -3,14 +3,13 @@
 # user pays, and its interpreter starts slower. Building takes a while, so the venv lives in the bench's
 # build directory (git-ignored) and is rebuilt only when the files the install is built from change.
 import hashlib
-import os
 import shutil
 import subprocess
 import time
 from typing import Any
 
 from benchmarks.common import BUILD, ROOT, note_command
-from scripts.lib.stealthlab import CLIENT_TREE, SYSTEM_PYTHON
+from scripts.lib.stealthlab import CLIENT_TREE, SYSTEM_PYTHON, install_client
 
 VENV = BUILD / "client-venv"
 STAMP = VENV / "tree-sha256"  # the hash of the tree the venv was built from
@@ -46,10 +45,7 @@ def client_venv() -> dict[str, Any]:
         for rel in files:
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, src / rel)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(VENV)], check=True, env=env, timeout=120)
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                        "--no-input", str(src)], check=True, env=env, timeout=600)
+        install_client(src, VENV)
         STAMP.write_text(digest + "\n")
     for c in commands:
         note_command([c])

@@ -27,7 +27,8 @@ PORTS = (22,)
 if TYPE_CHECKING:
     from stealth.core.table import TokenTable
     from stealth.counterlog import CounterLog
-    from stealth.server_state import ServerConfig, ServerState
+    from stealth.server_config import ServerConfig
+    from stealth.server_state import ServerState
 
 
 def _rss_kib() -> int:
@@ -52,7 +53,7 @@ def child(state_dir: Path, junk_n: int, valid_n: int, reload: bool = True) -> No
 
 
 def _start(state_dir: Path) -> "tuple[ServerState, ServerConfig, CounterLog, TokenTable]":
-    from stealth.server import build_table
+    from stealth.loader import build_table
     from stealth.server_state import ServerState
 
     # exactly Server.start(): open (and repair) the counter journal, stream clients.jsonl into the table
@@ -119,14 +120,14 @@ def _lookup(config: "ServerConfig", log: "CounterLog", table: "TokenTable", junk
 
 
 def _reload(state: "ServerState", config: "ServerConfig", table: "TokenTable", names: list[str]) -> None:
-    from stealth.server import check_clients
+    from stealth.loader import check_clients
 
     # a reload after one admin change: validate all of clients.jsonl, then sync the table with it
     state.revoke(names[-1])
     t = time.perf_counter()
     check_clients(state, config)
     build_seconds = time.perf_counter() - t
-    from stealth.server import sync_table
+    from stealth.loader import sync_table
 
     sync_table(table, state, config, {})
     _emit(phase="reload", seconds=round(time.perf_counter() - t, 3), validate_seconds=round(build_seconds, 3),
@@ -135,7 +136,7 @@ def _reload(state: "ServerState", config: "ServerConfig", table: "TokenTable", n
 
 def profile_child(state_dir: Path) -> None:
     """cProfile of the start-up path (journal + clients.jsonl + table): where the seconds go."""
-    from stealth.server import build_table
+    from stealth.loader import build_table
     from stealth.server_state import ServerState
 
     prof = cProfile.Profile()
@@ -150,7 +151,8 @@ def profile_child(state_dir: Path) -> None:
 
 
 def make_state(root: Path, n: int) -> tuple[Path, float]:
-    from stealth.server_state import ServerConfig, ServerState
+    from stealth.server_config import ServerConfig
+    from stealth.server_state import ServerState
 
     state_dir = root / f"state-{n}"
     state = ServerState(state_dir)

@@ -18,13 +18,13 @@
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from stealth.constants import ACCEPTS_LOG_MIN_BYTES
 from stealth.errors import StealthError
+from stealth.steps import run_for
 from stealth.store import atomic_writer
 
 log = logging.getLogger("stealth.accepts")
@@ -107,14 +107,9 @@ class AcceptRecord:
                 self._fold = self._fold_steps()
         if self._fold is None:
             return
-        deadline = time.monotonic() + budget_seconds
         try:
-            while True:
-                next(self._fold)
-                if time.monotonic() >= deadline:
-                    return
-        except StopIteration:
-            self._fold = None
+            if run_for(self._fold, budget_seconds):
+                self._fold = None
         except (OSError, StealthError) as e:
             self._fold = None
             log.warning("cannot fold %s into %s: %s", self.log_path, self.snap_path, e)

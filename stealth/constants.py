@@ -128,6 +128,9 @@ NFQUEUE_SOCKET_BYTES_PER_PACKET: Final = 832
 # many are waiting or the oldest has waited this long.
 GROUP_COMMIT_MAX: Final = 256
 GROUP_COMMIT_SECONDS: Final = 0.002
+# Collected drops are sent as one batch once this many wait (well below NFQUEUE_MAX_LEN: they count
+# against the queue's length until their verdict), and whenever the queue is drained.
+DROP_BATCH_MAX: Final = 1024
 # Run loop.
 STATUS_INTERVAL_SECONDS: Final = 1.0
 SUPERVISOR_TICK_SECONDS: Final = 0.2  # how often the parent of --workers looks at its workers

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import assert_never
 
-from stealth.accepts import AcceptRecord
+from stealth.accepts import AcceptRecord, format_address
 from stealth.constants import REFUSAL_LOG_BURST, REFUSAL_LOG_PER_SECOND, REFUSAL_SUMMARY_SECONDS
 from stealth.core.gate import Decision, LogAccept, LogRefusal, PersistCounter, Verdict
 from stealth.core.packet import Reason
@@ -29,11 +29,6 @@ from stealth.sessions import send_key
 from stealth.store import locked
 
 log = logging.getLogger("stealth.server")
-
-
-def format_addr(raw: bytes) -> str:
-    """Text form of a packed IPv4 or IPv6 address, for log lines."""
-    return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
 
 
 @dataclass
@@ -92,7 +87,7 @@ class Executor:
     def _log_refusal(self, c: LogRefusal, now: float) -> None:
         if self.refusals.allow(c.reason, now):
             log.warning("refused reason=%s client=%s port=%d src=[%s]:%d", c.reason, client_name(c.client),
-                        c.dport, format_addr(c.src), c.sport)
+                        c.dport, format_address(c.src), c.sport)
 
     def log_suppressed(self, now: float, final: bool = False) -> None:
         """One line for the refusals the limiter held back, once per REFUSAL_SUMMARY_SECONDS at most."""
@@ -135,7 +130,7 @@ class Executor:
         if p.session_key is not None and self.keys is not None and line.dport in self.sealed:
             send_key(self.keys, line.src, line.sport, line.dport, p.session_key)
         log.info("accept client=%s port=%d src=[%s]:%d counter=%d%s%s", name, line.dport,
-                 format_addr(line.src), line.sport, line.counter, " recovery" if line.recovery else "",
+                 format_address(line.src), line.sport, line.counter, " recovery" if line.recovery else "",
                  " new-key" if name != line.client else "")
         if line.retired is not None:
             log.info("key rotated client=%s: its new key was used, the old key no longer opens", line.retired)
@@ -178,6 +173,6 @@ class Executor:
         if self.good_list_fd is None or command.src is None:
             return
         try:  # one write() per entry on the /proc file kept open since start
-            os.write(self.good_list_fd, f"+{format_addr(command.src)}\n".encode())
+            os.write(self.good_list_fd, f"+{format_address(command.src)}\n".encode())
         except OSError as e:
             log.debug("cannot add to the rate-limit exemption list: %s", e)

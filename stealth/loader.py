@@ -14,7 +14,9 @@ from stealth.core.recovery import slot_of
 from stealth.core.table import TokenTable
 from stealth.counterlog import CounterLog
 from stealth.errors import ConfigError, StealthError
-from stealth.server_state import ServerConfig, ServerState
+from stealth.server_config import ServerConfig
+from stealth.server_state import ServerState
+from stealth.steps import run_for
 from stealth.store import stamp
 
 log = logging.getLogger("stealth.server")
@@ -138,13 +140,9 @@ class ClientSync:
                 return
             self.reload_requested = False
             self._reload = self._load_steps()
-        deadline = time.monotonic() + RELOAD_STEP_SECONDS
         try:
-            next(self._reload)
-            while time.monotonic() < deadline:
-                next(self._reload)
-            return
-        except StopIteration:
+            if not run_for(self._reload, RELOAD_STEP_SECONDS):
+                return
             self._reload = None
         except StealthError as e:
             self._reload = None
@@ -165,13 +163,7 @@ class ClientSync:
             if slot == self.table.slot:
                 return
             self._slot_move = self.table.set_slot_steps(slot)
-        deadline = time.monotonic() + RELOAD_STEP_SECONDS
-        try:
-            while True:
-                next(self._slot_move)
-                if time.monotonic() >= deadline:
-                    return
-        except StopIteration:
+        if run_for(self._slot_move, RELOAD_STEP_SECONDS):
             self._slot_move = None
 
     def retire_expired(self) -> None:

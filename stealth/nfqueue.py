@@ -19,18 +19,13 @@ import warnings
 from typing import Any, Final
 
 from stealth.constants import (
-    GROUP_COMMIT_MAX,
-    GROUP_COMMIT_SECONDS,
     NFQUEUE_COPY_BYTES,
     NFQUEUE_MAX_LEN,
     NFQUEUE_SOCKET_BYTES_PER_PACKET,
 )
 from stealth.errors import StealthError
-from stealth.packet_queue import AfterCommit, Commit, ErrorHandler, Handler
+from stealth.packet_queue import AfterCommit, Commit, ErrorHandler, Handler, commit_verdicts, flush_due
 
-# Collected drops are sent as one batch once this many wait (well below NFQUEUE_MAX_LEN: they count
-# against the queue's length until their verdict), and whenever the queue is drained.
-DROP_BATCH_MAX: Final = 1024
 # Batched drop verdicts on (True) or one verdict message per dropped packet (False). A module switch,
 # not a setting: the benchmarks flip it to measure what batching gains.
 BATCH_DROPS = True
@@ -112,9 +107,7 @@ class Queue:
                 pkt.accept()
         except BaseException as e:  # noqa: BLE001
             self._on_error(e)
-        if (self._held and (len(self._held) >= GROUP_COMMIT_MAX
-                            or time.monotonic() - self._held_since >= GROUP_COMMIT_SECONDS)) \
-                or len(self._drops) >= DROP_BATCH_MAX:
+        if flush_due(len(self._held), self._held_since, len(self._drops), time.monotonic()):
             self.flush()
 
     def flush(self) -> None:
@@ -128,14 +121,8 @@ class Queue:
         packet, in order (accept if True, else drop)."""
         if not self._held:
             return
-        try:
-            verdicts = self._commit()
-        except BaseException as e:  # noqa: BLE001
-            verdicts = []
-            self._on_error(e)
+        verdicts = commit_verdicts(self._commit, len(self._held), self._on_error)
         held, self._held = self._held, []
-        if len(verdicts) != len(held):
-            verdicts = [False] * len(held)
         for (pkt, mark), ok in zip(held, verdicts, strict=True):
             try:
                 if ok:  # repeat: the mangle chain runs again, and its mark rules send it to TPROXY

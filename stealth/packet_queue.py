@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from stealth.constants import DROP_BATCH_MAX, GROUP_COMMIT_MAX, GROUP_COMMIT_SECONDS
+
 
 @dataclass(frozen=True)
 class AfterCommit:
@@ -48,3 +50,22 @@ class PacketQueue(Protocol):
 
 
 QueueFactory = Callable[[int, Handler, ErrorHandler, Commit], PacketQueue]
+
+
+def flush_due(held: int, held_since: float, drops: int, now: float) -> bool:
+    """Whether a queue must flush before reading on: GROUP_COMMIT_MAX knocks held, or the oldest held
+    GROUP_COMMIT_SECONDS ago, or DROP_BATCH_MAX drops collected (they count against the queue's length
+    until their verdict)."""
+    return bool(held and (held >= GROUP_COMMIT_MAX or now - held_since >= GROUP_COMMIT_SECONDS)) \
+        or drops >= DROP_BATCH_MAX
+
+
+def commit_verdicts(commit: Commit, held: int, on_error: ErrorHandler) -> list[bool]:
+    """One commit for `held` held packets, as the contract says: its bools, or all False when it raises
+    (reported to on_error) or returns the wrong number of them."""
+    try:
+        verdicts = commit()
+    except BaseException as e:  # noqa: BLE001 -- a packet must never stop the server
+        on_error(e)
+        return [False] * held
+    return verdicts if len(verdicts) == held else [False] * held

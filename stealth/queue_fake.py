@@ -9,9 +9,7 @@ import collections
 import time
 from dataclasses import dataclass
 
-from stealth.constants import GROUP_COMMIT_MAX, GROUP_COMMIT_SECONDS
-from stealth.nfqueue import DROP_BATCH_MAX  # the module imports netfilterqueue only when a Queue binds
-from stealth.packet_queue import AfterCommit, Commit, ErrorHandler, Handler
+from stealth.packet_queue import AfterCommit, Commit, ErrorHandler, Handler, commit_verdicts, flush_due
 
 
 @dataclass(frozen=True)
@@ -72,23 +70,15 @@ class FakeQueue:
             self._held.append((payload, verdict.mark))
         else:
             self.given.append(Given(payload, "accept", verdict))
-        if (self._held and (len(self._held) >= GROUP_COMMIT_MAX
-                            or time.monotonic() - self._held_since >= GROUP_COMMIT_SECONDS)) \
-                or len(self._drops) >= DROP_BATCH_MAX:
+        if flush_due(len(self._held), self._held_since, len(self._drops), time.monotonic()):
             self.flush()
 
     def flush(self) -> None:
         """Held knocks first (one commit for all of them), then the collected drops as one batch."""
         if self._held:
             self.commits += 1
-            try:
-                verdicts = self._commit()
-            except BaseException as e:  # noqa: BLE001
-                verdicts = []
-                self._on_error(e)
+            verdicts = commit_verdicts(self._commit, len(self._held), self._on_error)
             held, self._held = self._held, []
-            if len(verdicts) != len(held):
-                verdicts = [False] * len(held)
             for (payload, mark), ok in zip(held, verdicts, strict=True):
                 self.given.append(Given(payload, "repeat", mark) if ok else Given(payload, "drop"))
         if self._drops:

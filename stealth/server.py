@@ -24,7 +24,6 @@ from stealth.constants import RULE_CHECK_SECONDS
 from stealth.errors import ConfigError, StealthError
 from stealth.firewall import RuleConfig, available_families, install
 from stealth.guard import Guard, public_listeners
-from stealth.loader import build_table, check_clients, check_steps, sync_steps, sync_table
 from stealth.nfqueue import Queue
 from stealth.packet_queue import PacketQueue, QueueFactory
 from stealth.rules_plan import rules_for
@@ -34,8 +33,6 @@ from stealth.sessions import key_channel
 from stealth.store import locked
 from stealth.supervisor import Supervisor
 from stealth.worker import Worker, exposed_message
-
-__all__ = ["Server", "build_table", "check_clients", "check_steps", "sync_steps", "sync_table"]
 
 log = logging.getLogger("stealth.server")
 

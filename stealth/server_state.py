@@ -6,9 +6,8 @@
 # verdict; see counterlog.py), status.json (drop counts) and accepts.* (each client's last accepted
 # knock, see accepts.py). A state directory named without a config directory keeps its own server.toml
 # (the layout before /etc/stealth, and every test's), and one that still holds a server.toml is read from
-# there. server.toml's schema is server_config.py's, clients.jsonl's administration enrollment.py's (both
-# re-exported or inherited here, so callers keep importing ServerConfig from here and calling
-# state.add_client(...)).
+# there. server.toml's schema is server_config.py's, clients.jsonl's administration enrollment.py's
+# (inherited here, so callers say state.add_client(...)).
 import os
 import time
 from collections.abc import Mapping
@@ -27,13 +26,10 @@ from stealth.constants import (
     SYSTEMD_STATE_DIR_ENV,
 )
 from stealth.counterlog import CounterLog
-from stealth.enrollment import Enrolled, Enrollment
+from stealth.enrollment import Enrollment
 from stealth.errors import ConfigError
-from stealth.server_config import UNAUTH_CHOICES, ServerConfig, UnauthMode, check_config
+from stealth.server_config import ServerConfig, check_config
 from stealth.store import atomic_write, ensure_dir, locked, read_json, read_toml, write_json, write_toml
-
-__all__ = ["UNAUTH_CHOICES", "DaemonFiles", "Enrolled", "ServerConfig", "ServerState", "UnauthMode",
-           "check_config", "find_config", "first_dir", "resolve_layout"]
 
 
 def first_dir(value: str | None) -> Path | None:

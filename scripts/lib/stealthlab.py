@@ -163,11 +163,18 @@ def client_venv() -> Path:
             src.mkdir(exist_ok=True)
             shutil.copy2(CHECKOUT / name, src / name)
     venv = top / "venv"
-    run([SYSTEM_PYTHON, "-m", "venv", str(venv)], timeout=120)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-input", str(src)],
-        env={**env, "CC": "/bin/false", "CXX": "/bin/false"}, timeout=300)
+    install_client(src, venv)
     return venv
+
+
+def install_client(src: Path, venv: Path) -> None:
+    """`python3 -m venv VENV && VENV/bin/pip install SRC` as a user does it: the system python, none of
+    this process's PYTHON* or VIRTUAL_ENV variables, and no compiler (CC=/bin/false: the client needs
+    none). LabError if either step fails."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    run([SYSTEM_PYTHON, "-m", "venv", str(venv)], env=env, timeout=120)
+    run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-input", str(src)],
+        env={**env, "CC": "/bin/false", "CXX": "/bin/false"}, timeout=600)
 
 
 def prepare(lab: Lab, server_id: str, ports: str, init_args: Sequence[str]) -> StealthLab:

@@ -13,7 +13,8 @@ from stealth.accepts import AcceptRecord, read_last_accepts
 from stealth.core.token import derive
 from stealth.packet_queue import AfterCommit
 from stealth.server import Server
-from stealth.server_state import ServerConfig, ServerState
+from stealth.server_config import ServerConfig
+from stealth.server_state import ServerState
 from stealth.status import render, status_doc
 from tests.syns import SRC4, SRC6, knock_syn
 

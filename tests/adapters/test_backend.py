@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from stealth.backend import Backend, default_backend, parse_assignment, parse_backend
-from stealth.server_state import ServerConfig, ServerState
+from stealth.server_config import ServerConfig
+from stealth.server_state import ServerState
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stealth.nfqueue import DROP_BATCH_MAX, verdict_batch_message
+from stealth.constants import DROP_BATCH_MAX
+from stealth.nfqueue import verdict_batch_message
 from tests.conftest import lab_fixture
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from stealth.nfqueue import Queue
 from stealth.packet_queue import AfterCommit, QueueFactory
 from stealth.profile import Profile
 from stealth.queue_fake import FakeQueue, Given
-from stealth.server_state import ServerConfig, ServerState
+from stealth.server_config import ServerConfig
+from stealth.server_state import ServerState
 from stealth.worker import Worker
 from tests.syns import SRC4, knock_syn, syn
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from stealth.server import NEXT, Phase, Server
-from stealth.server_state import ServerConfig, ServerState
+from stealth.server_config import ServerConfig
+from stealth.server_state import ServerState
 
 FORWARD = [Phase.NEW, Phase.LOADED, Phase.PROTECTING, Phase.SERVING, Phase.STOPPED]
 

@@ -13,7 +13,8 @@ from stealth.core.token import derive
 from stealth.packet_queue import AfterCommit
 from stealth.profile import Profile
 from stealth.server import Server
-from stealth.server_state import ServerConfig, ServerState
+from stealth.server_config import ServerConfig
+from stealth.server_state import ServerState
 from tests.syns import knock_syn
 
 N = 5000

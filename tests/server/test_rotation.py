@@ -14,7 +14,8 @@ from stealth.core.token import derive
 from stealth.packet_queue import AfterCommit
 from stealth.profile import Profile
 from stealth.server import Server
-from stealth.server_state import ServerConfig, ServerState
+from stealth.server_config import ServerConfig
+from stealth.server_state import ServerState
 from stealth.status import status_doc
 from tests.syns import knock_syn
 
@@ -197,3 +198,4 @@ def test_the_new_keys_last_accept_survives_folds_of_both_files(state: ServerStat
     state.add_client("bob", (22,))  # folds alice's record: the new key becomes her key
     reload(srv)
     assert last_accept() is not None, "after the record's fold"
+
