@@ -143,7 +143,8 @@ class Executor:
 
     def _merge_with_disk(self, pending: list[Pending], ok: list[bool]) -> None:
         """Under the counters lock: a counter another worker made durable since our last commit (the
-        same or a later one) loses; our table learns the other workers' accepts."""
+        same or a later one) loses; our table learns the other workers' accepts, and a held knock of a
+        rotated client's old key loses too when another worker's accept of the new key retired it."""
         theirs = self.journal.catch_up()
         if theirs is None:  # another worker compacted the journal: read the whole state again
             theirs = list(self.journal.open().items())
@@ -156,10 +157,18 @@ class Executor:
                 ok[i] = False
                 self.counts[Reason.VALID] -= 1
                 self.counts[Reason.REPLAY] += 1
+        held = {p.persist.client for p in pending if p.persist is not None}
+        enrolled = {name for name in held if name in self.table.index}
         for ident, counter in best.items():
             name = self._name_of(ident)
             if name is not None and name in self.table.clients:
-                self.table.advance(name, counter)
+                self.table.advance(name, counter)  # a successor's first counter retires its old key
+        for i, p in enumerate(pending):
+            if ok[i] and p.persist is not None and p.persist.client in enrolled \
+                    and p.persist.client not in self.table.index:
+                ok[i] = False
+                self.counts[Reason.VALID] -= 1
+                self.counts[Reason.REVOKED] += 1
 
     def _name_of(self, ident: str) -> str | None:
         """The table name of enrollment id `ident` (hex), from a cache rebuilt when clients changed."""

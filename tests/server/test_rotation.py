@@ -199,3 +199,21 @@ def test_the_new_keys_last_accept_survives_folds_of_both_files(state: ServerStat
     reload(srv)
     assert last_accept() is not None, "after the record's fold"
 
+
+def test_with_two_workers_the_new_keys_first_knock_ends_the_old_key_on_the_other_worker_too(
+    state: ServerState, clock: Clock
+) -> None:
+    """--workers: each worker has its own table. Once one worker made the new key's first accept durable,
+    an old-key knock the other worker holds loses at its commit (the merge retires the old key there)."""
+    old = state.add_client("alice", (22,))
+    new, _, _ = state.rotate("alice", DAY_S, clock.now)
+    first, second = Server(state, workers=2), Server(state, workers=2)
+    first.start()
+    second.start()
+    assert accepted(first, knock(new, 1))
+    assert not accepted(second, knock(old, 1)), "the old key opened once more on the other worker"
+    assert second.counts[Reason.REVOKED] == 1 and second.counts[Reason.VALID] == 0
+    assert not accepted(second, knock(old, 2)), "and the other worker's table has retired it"
+    assert accepted(second, knock(new, 2))
+    for srv in (first, second):
+        srv.journal.close()
