@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 # what a knock must never load: the server's packet path, its state, and the admin CLI's dependencies
-SERVER_MODULES = ("stealth.server", "stealth.nfqueue", "stealth.firewall", "stealth.core.table",
-                  "stealth.server_state", "netfilterqueue", "scapy", "nacl", "tomli_w", "click")
+SERVER_MODULES = ("stealth.server", "stealth.worker", "stealth.executor", "stealth.loader",
+                  "stealth.packet_queue", "stealth.nfqueue", "stealth.firewall", "stealth.core.table",
+                  "stealth.core.slots", "stealth.server_state", "stealth.server_config", "stealth.enrollment",
+                  "stealth.clients_file", "netfilterqueue", "scapy", "nacl", "tomli_w", "click")
 ANSWER = "client-only-ok"
 
 # run by the venv's python as ssh's ProxyCommand: stealth-connect's own main(), listing the modules it has

@@ -207,3 +207,30 @@ def test_revoked_key_is_wiped_and_slot_reused() -> None:
     table.add(b, 3)
     assert table.index["b"] == index
     check(table, {"b": (b, 3)})
+
+
+def test_revoked_keys_keep_their_tokens_keyless_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revoked key's live tokens stay (so its knocks are told from junk), without its key, for at most
+    MAX_REVOKED_KEYS keys; beyond the cap a revoked key is gone entirely; a restored record of the same
+    ident takes its tokens back."""
+    import stealth.core.table
+
+    monkeypatch.setattr(stealth.core.table, "MAX_REVOKED_KEYS", 2)
+    binding = Binding("cap")
+    specs = [ClientSpec(f"c{i}", Secret(bytes([i + 1]) * 32), binding, (22,), bytes([i + 1]) * 8)
+             for i in range(3)]
+    table = TokenTable(4)
+    for s in specs:
+        table.add(s, 0)
+    first = [wire(s.key, binding, 22, 1) for s in specs]
+    sync(table, [])
+    assert not table.clients
+    found = [table.lookup(22, isn, sport or 0) for isn, sport in first]
+    kept = [e for e in found if e is not None]
+    assert len(kept) == 2 and all(table.is_revoked(e.index) for e in kept)
+    assert all(table.spec_of(e.index).key.value == bytes(32) for e in kept), "no revoked key stays"
+    restored = next(s for s, e in zip(specs, found, strict=True) if e is not None)
+    table.add(restored, 0)
+    isn, sport = wire(restored.key, binding, 22, 1)
+    entry = table.lookup(22, isn, sport or 0)
+    assert entry is not None and not table.is_revoked(entry.index) and entry.name == restored.name
